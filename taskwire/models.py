@@ -1,0 +1,100 @@
+"""The task and its state machine. Pure: no I/O, no clock, no framework."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+# Every edge a task may take. PROCESSING -> PROCESSING is a takeover after an expired
+# lease (a new attempt); PROCESSING -> PENDING is a worker handing a task back.
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset({TaskStatus.PROCESSING, TaskStatus.CANCELLED}),
+    TaskStatus.PROCESSING: frozenset(
+        {TaskStatus.PROCESSING, TaskStatus.PENDING, TaskStatus.COMPLETED, TaskStatus.FAILED}
+    ),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset({TaskStatus.PENDING}),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(source: TaskStatus, target: TaskStatus) -> bool:
+    return target in TRANSITIONS[source]
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A snapshot of one task at one version. Events and cache entries carry whole snapshots."""
+
+    id: UUID
+    status: TaskStatus
+    input_data: str
+    result: str | None
+    error: str | None
+    attempts: int
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+    def newer_than(self, other: Task | None) -> bool:
+        return other is None or self.version > other.version
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = asdict(self)
+        data["id"] = str(self.id)
+        for name in ("created_at", "updated_at", "started_at", "finished_at"):
+            value = data[name]
+            data[name] = value.isoformat() if value is not None else None
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Task:
+        """Decode a snapshot; raises ValueError (or KeyError/TypeError) on anything malformed."""
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("a task snapshot must be a JSON object")
+        return cls(
+            id=UUID(data["id"]),
+            status=TaskStatus(data["status"]),
+            input_data=str(data["input_data"]),
+            result=data["result"],
+            error=data["error"],
+            attempts=int(data["attempts"]),
+            version=int(data["version"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            updated_at=datetime.fromisoformat(data["updated_at"]),
+            started_at=_optional_time(data["started_at"]),
+            finished_at=_optional_time(data["finished_at"]),
+        )
+
+    def evolve(self, **changes: Any) -> Task:
+        return replace(self, **changes)
+
+
+def _optional_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None

@@ -1,0 +1,113 @@
+"""The ports the core talks to. Each has a real adapter and a memory adapter that pass the
+same contract tests (tests/contract/). Adapters are picked by URL in bootstrap.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Final, Protocol, final
+from uuid import UUID
+
+from taskwire.models import Task
+
+
+class TaskStore(Protocol):
+    """The source of truth. Every state change is one conditional UPDATE; a method that cannot
+    apply its transition returns None and changes nothing."""
+
+    async def create(self, input_data: str) -> Task:
+        """Insert a PENDING task, version 1, attempts 0, due for re-dispatch after the grace."""
+
+    async def get(self, task_id: UUID) -> Task | None: ...
+
+    async def claim(self, task_id: UUID, *, worker: str, lease_seconds: float) -> Task | None:
+        """PENDING -> PROCESSING, or take over a PROCESSING task whose lease has expired:
+        attempts+1, version+1, started_at=now, lease to `worker` until now+lease_seconds."""
+
+    async def complete(self, task_id: UUID, *, attempt: int, result: str) -> Task | None:
+        """PROCESSING -> COMPLETED, only if `attempt` is still the current attempt (the fence)."""
+
+    async def fail(self, task_id: UUID, *, attempt: int, error: str) -> Task | None:
+        """PROCESSING -> FAILED, fenced like complete()."""
+
+    async def release(self, task_id: UUID, *, attempt: int) -> Task | None:
+        """PROCESSING -> PENDING (hand a task back, e.g. at shutdown), fenced like complete()."""
+
+    async def heartbeat(self, task_id: UUID, *, attempt: int, lease_seconds: float) -> bool:
+        """Extend the lease of the current attempt; False if the attempt lost the task."""
+
+    async def due_for_dispatch(self, *, limit: int, grace_seconds: float) -> list[UUID]:
+        """Ids of PENDING tasks past their dispatch deadline and PROCESSING tasks whose lease
+        expired; pushes their deadline `grace_seconds` ahead so that concurrent dispatchers
+        (FOR UPDATE SKIP LOCKED) do not pick the same rows."""
+
+    async def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+
+
+class TaskCache(Protocol):
+    """Read cache of task snapshots. Never replaces a newer version with an older one."""
+
+    async def get(self, task_id: UUID) -> Task | None: ...
+
+    async def put(self, task: Task, *, ttl_seconds: float) -> bool:
+        """Store `task` unless a newer version is cached (compare-and-set on version); True if stored."""
+
+    async def ping(self) -> None: ...
+
+
+@final
+class Resync:
+    """Marker from a subscription: events may have been missed; re-read the current state."""
+
+    def __repr__(self) -> str:
+        return "RESYNC"
+
+
+RESYNC: Final = Resync()
+
+
+class Subscription(Protocol):
+    async def get(self, timeout: float | None = None) -> Task | Resync:
+        """The next event for the task; RESYNC after a reconnect, an overflow or a timeout."""
+
+
+class EventBus(Protocol):
+    """Fan-out of task snapshots to every API process (Redis pub/sub or in-process)."""
+
+    async def publish(self, task: Task) -> None: ...
+
+    def subscribe(self, task_id: UUID) -> AbstractAsyncContextManager[Subscription]:
+        """Entering returns only once events published from then on will be delivered."""
+
+    async def ping(self) -> None: ...
+
+
+class Delivery(Protocol):
+    """One message from the work queue. Exactly one of the settle methods is called."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def redelivered(self) -> bool: ...
+
+    async def ack(self) -> None: ...
+
+    async def requeue(self) -> None:
+        """Give the message back to the queue for another delivery."""
+
+    async def dead_letter(self) -> None:
+        """Reject without requeue: the message goes to the dead-letter queue."""
+
+
+class TaskQueue(Protocol):
+    """Durable work queue of task ids."""
+
+    async def publish(self, task_id: UUID) -> None:
+        """Persistent delivery; returns once the broker confirmed it, raises otherwise."""
+
+    def consume(self, *, prefetch: int) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]:
+        """Deliveries until the context exits; at most `prefetch` unsettled at once."""
+
+    async def ping(self) -> None: ...
