@@ -1,0 +1,1 @@
+"""Helpers shared by test modules (not fixtures: those live next to the tests that use them)."""
