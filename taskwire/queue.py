@@ -1,0 +1,224 @@
+"""The TaskQueue message codec, the memory adapter, and the factory picking an adapter by URL
+(the RabbitMQ adapter is in taskwire.rabbitmq).
+
+The message is the task id only; the database holds the task. Redelivery is normal, so nothing
+here tries to deliver exactly once: the store's conditional transitions make duplicates harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+from uuid import UUID
+
+from taskwire.errors import ServiceUnavailable, SettingsError
+from taskwire.ports import Delivery, TaskQueue
+from taskwire.settings import is_memory
+
+if TYPE_CHECKING:
+    from taskwire.rabbitmq import RabbitTaskQueue
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/json"
+# A bound for crash loops: RabbitMQ 3.10 has no default delivery limit on quorum queues.
+DELIVERY_LIMIT = 20
+# Every broker round trip is bounded: a caller gets ServiceUnavailable, never a hang.
+TIMEOUT_SECONDS = 5.0
+# {"task_id": "<36 characters>"} is ~50 bytes; the bound also keeps json's recursion shallow.
+MAX_BODY_BYTES = 256
+
+
+def encode_task_id(task_id: UUID) -> bytes:
+    return json.dumps({"task_id": str(task_id)}, separators=(",", ":")).encode()
+
+
+def decode_task_id(body: bytes) -> UUID:
+    """The task id in a message body; ValueError on anything malformed."""
+    if len(body) > MAX_BODY_BYTES:
+        raise ValueError(f"message body is {len(body)} bytes, more than {MAX_BODY_BYTES}")
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise ValueError("message body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ValueError("message body must be a JSON object")
+    raw = data.get("task_id")
+    if not isinstance(raw, str) or len(raw) != 36:
+        raise ValueError("task_id must be a UUID string")
+    task_id = UUID(raw)
+    if str(task_id) != raw.lower():
+        raise ValueError("task_id must be a UUID in its canonical form")
+    return task_id
+
+
+# ---------------------------------------------------------------- memory
+
+
+@dataclass(slots=True)
+class _Message:
+    body: bytes
+    redelivered: bool = False
+    returns: int = 0
+
+
+class MemoryTaskQueue:
+    """In-process queue for `taskwire dev`: same contract, nothing survives the process."""
+
+    def __init__(self, *, delivery_limit: int = DELIVERY_LIMIT) -> None:
+        self.dead_letters: list[bytes] = []
+        self._ready: deque[_Message] = deque()
+        self._delivery_limit = delivery_limit
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    async def publish(self, task_id: UUID) -> None:
+        if self._closed:
+            raise ServiceUnavailable("the task queue is closed")
+        self._ready.append(_Message(encode_task_id(task_id)))
+        self._notify()
+
+    @asynccontextmanager
+    async def consume(self, *, prefetch: int) -> AsyncIterator[AsyncIterator[Delivery]]:
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        consumer = _MemoryConsumer(self, prefetch)
+        try:
+            yield consumer
+        finally:
+            consumer.close()
+
+    async def ping(self) -> None:
+        if self._closed:
+            raise ServiceUnavailable("the task queue is closed")
+
+    async def depth(self) -> tuple[int, int]:
+        return len(self._ready), len(self.dead_letters)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._notify()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _notify(self) -> None:
+        # Wake every waiter once; each re-checks its own condition against the new state.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _give_back(self, messages: list[_Message]) -> None:
+        """Return messages to the head of the queue in their order, as a broker does."""
+        for message in reversed(messages):
+            message.redelivered = True
+            message.returns += 1
+            if message.returns > self._delivery_limit:
+                self.dead_letters.append(message.body)
+            else:
+                self._ready.appendleft(message)
+        self._notify()
+
+
+class _MemoryConsumer:
+    def __init__(self, queue: MemoryTaskQueue, prefetch: int) -> None:
+        self._queue = queue
+        self._prefetch = prefetch
+        # By delivery tag, as in AMQP: a message delivered again is a new delivery, so a stale
+        # handle to its previous delivery cannot settle it. Insertion-ordered, so unsettled
+        # messages go back in delivery order.
+        self._unsettled: dict[int, _Message] = {}
+        self._tags = itertools.count(1)
+        self._closed = False
+
+    def __aiter__(self) -> _MemoryConsumer:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        queue = self._queue
+        while True:
+            if self._closed or queue.closed:
+                raise StopAsyncIteration
+            if queue._ready and len(self._unsettled) < self._prefetch:
+                message = queue._ready.popleft()
+                tag = next(self._tags)
+                self._unsettled[tag] = message
+                return _MemoryDelivery(self, tag, message)
+            await queue._changed.wait()
+
+    def settle(self, tag: int, outcome: str) -> None:
+        message = self._unsettled.pop(tag, None)
+        if message is None:
+            log.warning("ignored %s of a delivery that is no longer unsettled", outcome)
+            return
+        if outcome == "requeue":
+            self._queue._give_back([message])
+        elif outcome == "dead_letter":
+            self._queue.dead_letters.append(message.body)
+        self._queue._notify()
+
+    def close(self) -> None:
+        self._closed = True
+        unsettled, self._unsettled = list(self._unsettled.values()), {}
+        self._queue._give_back(unsettled)
+
+
+class _MemoryDelivery:
+    __slots__ = ("_consumer", "_message", "_redelivered", "_tag")
+
+    def __init__(self, consumer: _MemoryConsumer, tag: int, message: _Message) -> None:
+        self._consumer = consumer
+        self._tag = tag
+        self._message = message
+        self._redelivered = message.redelivered
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def redelivered(self) -> bool:
+        return self._redelivered
+
+    async def ack(self) -> None:
+        self._consumer.settle(self._tag, "ack")
+
+    async def requeue(self) -> None:
+        self._consumer.settle(self._tag, "requeue")
+
+    async def dead_letter(self) -> None:
+        self._consumer.settle(self._tag, "dead_letter")
+
+
+# ---------------------------------------------------------------- factory
+
+
+@asynccontextmanager
+async def open_queue(
+    url: str, *, name: str, delivery_limit: int = DELIVERY_LIMIT
+) -> AsyncIterator[TaskQueue]:
+    """The adapter for `url` (memory:// or amqp[s]://), closed on exit. A memory queue is
+    only shared inside one process."""
+    queue: MemoryTaskQueue | RabbitTaskQueue
+    if is_memory(url):
+        queue = MemoryTaskQueue(delivery_limit=delivery_limit)
+    elif urlsplit(url).scheme in ("amqp", "amqps"):
+        # Imported here: taskwire.rabbitmq builds on this module's codec.
+        from taskwire.rabbitmq import RabbitTaskQueue
+
+        queue = RabbitTaskQueue(url, name=name, delivery_limit=delivery_limit)
+        await queue.start()
+    else:
+        raise SettingsError("RABBITMQ_URL must start with amqp://, amqps:// or memory://")
+    try:
+        yield queue
+    finally:
+        await queue.close()

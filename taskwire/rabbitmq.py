@@ -1,0 +1,269 @@
+"""The RabbitMQ TaskQueue: a durable quorum queue with a dead-letter queue, one robust
+connection per process, publisher confirms, and bounded waits everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+from uuid import UUID
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from yarl import URL
+
+from taskwire.errors import ServiceUnavailable
+from taskwire.ports import Delivery
+from taskwire.queue import CONTENT_TYPE, DELIVERY_LIMIT, TIMEOUT_SECONDS, encode_task_id
+
+log = logging.getLogger(__name__)
+
+# Defaults added to the URL unless it sets them (aiormq's heartbeat default is 60 s).
+URL_DEFAULTS = {"heartbeat": "30", "reconnect_interval": "2"}
+_SETTLE_ERRORS = (*CONNECTION_EXCEPTIONS, TimeoutError)
+
+
+def queue_arguments(name: str, *, delivery_limit: int) -> dict[str, Any]:
+    """Arguments of the main queue; every declaration must use exactly these."""
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": f"{name}.dlx",
+        "x-dead-letter-routing-key": f"{name}.dead",
+        # at-least-once dead-lettering keeps a message until the dead queue confirmed it;
+        # RabbitMQ 3.10 accepts that strategy only together with reject-publish.
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": delivery_limit,
+    }
+
+
+def connection_url(url: str) -> URL:
+    parsed = URL(url)
+    missing = {key: value for key, value in URL_DEFAULTS.items() if key not in parsed.query}
+    return parsed.update_query(missing)
+
+
+class RabbitTaskQueue:
+    """One robust connection per process: a confirming publish channel that also holds the
+    topology (re-declared after a reconnect) and one channel per consume() context."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        delivery_limit: int = DELIVERY_LIMIT,
+        timeout: float = TIMEOUT_SECONDS,
+    ) -> None:
+        self.name = name
+        self._url = connection_url(url)
+        self._delivery_limit = delivery_limit
+        self._timeout = timeout
+        self._connection: aio_pika.RobustConnection | None = None
+        self._publisher: AbstractRobustChannel | None = None
+        self._buffers: set[asyncio.Queue[AbstractIncomingMessage | None]] = set()
+
+    async def start(self) -> None:
+        """Connect and declare the topology; ServiceUnavailable if the broker cannot be reached."""
+        # Built by hand rather than by connect_robust() so that a connect that times out can
+        # be closed: otherwise its reconnect task would go on retrying in the background.
+        connection = aio_pika.RobustConnection(
+            self._url, client_properties={"connection_name": f"taskwire {self.name}"}
+        )
+        self._connection = connection
+        try:
+            async with asyncio.timeout(self._timeout):
+                await connection.connect(timeout=self._timeout)
+                self._publisher = await self._declare_topology(connection)
+        except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+            await self.close()
+            log.warning("cannot open the task queue %r: %r", self.name, exc)
+            raise ServiceUnavailable from exc
+
+    async def close(self) -> None:
+        for buffer in self._buffers:
+            buffer.put_nowait(None)
+        connection, self._connection, self._publisher = self._connection, None, None
+        if connection is not None:
+            with suppress(*_SETTLE_ERRORS):
+                async with asyncio.timeout(self._timeout):
+                    await connection.close()
+
+    async def _declare_topology(
+        self, connection: aio_pika.RobustConnection
+    ) -> AbstractRobustChannel:
+        channel = connection.channel(publisher_confirms=True, on_return_raises=True)
+        await channel
+        dlx = await channel.declare_exchange(
+            f"{self.name}.dlx", aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        dead = await channel.declare_queue(
+            f"{self.name}.dead", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead.bind(dlx, routing_key=f"{self.name}.dead")
+        await self._declare_main(channel)
+        return channel
+
+    async def _declare_main(self, channel: AbstractRobustChannel) -> aio_pika.abc.AbstractQueue:
+        arguments = queue_arguments(self.name, delivery_limit=self._delivery_limit)
+        return await channel.declare_queue(self.name, durable=True, arguments=arguments)
+
+    async def publish(self, task_id: UUID) -> None:
+        message = aio_pika.Message(
+            encode_task_id(task_id),
+            content_type=CONTENT_TYPE,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        channel = self._publisher
+        if channel is None:
+            raise ServiceUnavailable("the task queue is closed")
+        try:
+            async with asyncio.timeout(self._timeout):
+                await channel.ready()  # waits out a reconnect, within the same bound
+                # mandatory: with the queue gone the broker returns the message, and
+                # on_return_raises turns that into PublishError instead of a silent drop.
+                await channel.default_exchange.publish(message, self.name, mandatory=True)
+        except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+            # Broker error texts can name hosts; the caller only needs to know it failed.
+            log.warning("publish of task %s failed: %r", task_id, exc)
+            raise ServiceUnavailable from exc
+
+    @asynccontextmanager
+    async def consume(self, *, prefetch: int) -> AsyncIterator[AsyncIterator[Delivery]]:
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        connection = self._connection
+        if connection is None:
+            raise ServiceUnavailable("the task queue is closed")
+        buffer: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            buffer.put_nowait(message)
+
+        channel = connection.channel(publisher_confirms=False)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await channel
+                await channel.set_qos(prefetch_count=prefetch)
+                # Declared (not passively) so the robust channel can re-create the queue
+                # after a broker restart that lost it.
+                queue = await self._declare_main(channel)
+                tag = await queue.consume(on_message)
+        except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+            await _quietly(channel.close, self._timeout)
+            log.warning("cannot consume from %r: %r", self.name, exc)
+            raise ServiceUnavailable from exc
+        self._buffers.add(buffer)
+        try:
+            yield _RabbitConsumer(buffer, self._timeout)
+        finally:
+            self._buffers.discard(buffer)
+            buffer.put_nowait(None)
+            # After close() the connection is gone and took the channel with it.
+            if not connection.is_closed:
+                await _quietly(lambda: queue.cancel(tag), self._timeout)
+                # Closing the channel hands every unsettled delivery back to the queue.
+                await _quietly(channel.close, self._timeout)
+
+    async def ping(self) -> None:
+        connection = self._connection
+        transport = connection.transport if connection is not None else None
+        if (
+            connection is None
+            or transport is None
+            or transport.connection.is_closed
+            or not connection.connected.is_set()
+        ):
+            raise ServiceUnavailable("RabbitMQ is not connected")
+
+    async def depth(self) -> tuple[int, int]:
+        """Ready messages in the main queue and in the dead-letter queue (passive declares)."""
+        await self.ping()
+        transport = self._connection.transport if self._connection is not None else None
+        assert transport is not None  # ping() checked it
+        try:
+            async with asyncio.timeout(self._timeout):
+                channel = await transport.connection.channel(publisher_confirms=False)
+                try:
+                    main = await channel.queue_declare(self.name, passive=True)
+                    dead = await channel.queue_declare(f"{self.name}.dead", passive=True)
+                finally:
+                    await channel.close()
+        except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+            log.warning("cannot read the depth of %r: %r", self.name, exc)
+            raise ServiceUnavailable from exc
+        return main.message_count or 0, dead.message_count or 0
+
+
+class _RabbitConsumer:
+    def __init__(
+        self, buffer: asyncio.Queue[AbstractIncomingMessage | None], timeout: float
+    ) -> None:
+        self._buffer = buffer
+        self._timeout = timeout
+
+    def __aiter__(self) -> _RabbitConsumer:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        while True:
+            message = await self._buffer.get()
+            if message is None:
+                self._buffer.put_nowait(None)  # stay exhausted for later calls
+                raise StopAsyncIteration
+            try:
+                message.channel  # noqa: B018 - raises once the channel is gone
+            except CONNECTION_EXCEPTIONS:
+                # Buffered before a reconnect: the broker redelivers it on the new channel.
+                continue
+            return _RabbitDelivery(message, self._timeout)
+
+
+class _RabbitDelivery:
+    __slots__ = ("_message", "_settled", "_timeout")
+
+    def __init__(self, message: AbstractIncomingMessage, timeout: float) -> None:
+        self._message = message
+        self._timeout = timeout
+        self._settled = False
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self._message.redelivered)
+
+    async def ack(self) -> None:
+        await self._settle("ack", self._message.ack)
+
+    async def requeue(self) -> None:
+        await self._settle("requeue", lambda: self._message.nack(requeue=True))
+
+    async def dead_letter(self) -> None:
+        await self._settle("dead_letter", lambda: self._message.reject(requeue=False))
+
+    async def _settle(self, outcome: str, settle: Callable[[], Awaitable[None]]) -> None:
+        if self._settled:
+            log.warning("ignored %s of a delivery that is already settled", outcome)
+            return
+        self._settled = True
+        # After a lost channel the broker has already taken the message back and will
+        # redeliver it; raising here would only crash a caller that did its job.
+        try:
+            async with asyncio.timeout(self._timeout):
+                await settle()
+        except _SETTLE_ERRORS as exc:
+            log.warning("could not %s a delivery, it will be redelivered: %r", outcome, exc)
+
+
+async def _quietly(close: Callable[[], Awaitable[Any]], seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await close()
+    except _SETTLE_ERRORS as exc:
+        log.debug("ignored while closing: %r", exc)

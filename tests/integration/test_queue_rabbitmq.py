@@ -1,0 +1,346 @@
+"""RabbitTaskQueue against a real broker: topology, durability, failure and recovery.
+
+Broker outages are simulated with a TCP proxy in front of the shared server, which is never
+restarted: stopping the proxy is a broker that vanished, starting it again is a broker back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID, uuid4
+
+import aio_pika
+import pytest
+from aio_pika.exceptions import ChannelPreconditionFailed
+from yarl import URL
+
+from taskwire.errors import ServiceUnavailable
+from taskwire.ports import Delivery, TaskQueue
+from taskwire.queue import CONTENT_TYPE, DELIVERY_LIMIT, decode_task_id, open_queue
+from taskwire.rabbitmq import RabbitTaskQueue, connection_url, queue_arguments
+
+pytestmark = pytest.mark.rabbitmq
+
+WAIT = 5.0
+# Fast reconnects keep the outage tests short; heartbeat stays at its default.
+FAST = {"reconnect_interval": "0.2"}
+
+
+class Proxy:
+    """A TCP relay that can drop every connection and refuse new ones, then come back."""
+
+    def __init__(self, target: URL) -> None:
+        self._host = target.host or "127.0.0.1"
+        self._port = target.port or 5672
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(self._host, self._port)
+        self._writers |= {writer, upstream_writer}
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            task = asyncio.create_task(_pipe(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        sink.transport.abort()
+
+
+@pytest.fixture
+def name() -> str:
+    return f"test.queue.{uuid4().hex}"
+
+
+@pytest.fixture
+async def admin(rabbitmq_url: str, name: str) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
+    """A plain connection for inspecting the broker; it deletes the test topology at the end."""
+    connection = await aio_pika.connect(rabbitmq_url)
+    async with connection:
+        yield connection
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+        await channel.queue_delete(f"{name}.dead")
+        await channel.exchange_delete(f"{name}.dlx")
+
+
+@pytest.fixture
+async def proxy(rabbitmq_url: str) -> AsyncIterator[Proxy]:
+    relay = Proxy(URL(rabbitmq_url))
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+
+
+def rabbit(queue: TaskQueue) -> RabbitTaskQueue:
+    assert isinstance(queue, RabbitTaskQueue)
+    return queue
+
+
+def via(proxy: Proxy, rabbitmq_url: str) -> str:
+    return str(URL(rabbitmq_url).with_host("127.0.0.1").with_port(proxy.port).update_query(FAST))
+
+
+async def declare(
+    admin: aio_pika.abc.AbstractConnection, queue: str, arguments: dict[str, Any]
+) -> None:
+    # A fresh channel each time: a failed declaration closes the channel it was made on.
+    channel = await admin.channel()
+    await channel.declare_queue(queue, durable=True, arguments=arguments)
+    await channel.close()
+
+
+async def next_delivery(deliveries: AsyncIterator[Delivery], seconds: float = WAIT) -> Delivery:
+    return await asyncio.wait_for(anext(deliveries), seconds)
+
+
+async def test_topology_is_durable_quorum_with_dead_lettering(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection
+) -> None:
+    arguments = queue_arguments(name, delivery_limit=DELIVERY_LIMIT)
+    assert arguments["x-delivery-limit"] == DELIVERY_LIMIT
+    # Two processes starting together declare the same topology without conflict.
+    async with open_queue(rabbitmq_url, name=name), open_queue(rabbitmq_url, name=name):
+        pass
+
+    # The broker refuses a declaration that differs in any argument, so one that matches
+    # proves the queue has exactly these arguments.
+    await declare(admin, name, arguments)
+    await declare(admin, f"{name}.dead", {"x-queue-type": "quorum"})
+    for key, other in [
+        ("x-queue-type", "classic"),
+        ("x-dead-letter-exchange", "elsewhere"),
+        ("x-dead-letter-strategy", "at-most-once"),
+        ("x-overflow", "drop-head"),
+        ("x-delivery-limit", DELIVERY_LIMIT + 1),
+    ]:
+        with pytest.raises(ChannelPreconditionFailed):
+            await declare(admin, name, {**arguments, key: other})
+    with pytest.raises(ChannelPreconditionFailed):
+        await declare(admin, f"{name}.dead", {"x-queue-type": "classic"})
+
+    channel = await admin.channel()
+    await channel.declare_exchange(f"{name}.dlx", aio_pika.ExchangeType.DIRECT, durable=True)
+    with pytest.raises(ChannelPreconditionFailed):
+        await channel.declare_exchange(f"{name}.dlx", aio_pika.ExchangeType.FANOUT, durable=True)
+
+
+async def test_dead_letters_route_through_the_dlx_to_the_dead_queue(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection
+) -> None:
+    task_id = uuid4()
+    async with open_queue(rabbitmq_url, name=name) as queue:
+        await queue.publish(task_id)
+        async with queue.consume(prefetch=1) as deliveries:
+            await (await next_delivery(deliveries)).dead_letter()
+
+    channel = await admin.channel()
+    dead = await channel.declare_queue(f"{name}.dead", passive=True)
+    message = await dead.get(timeout=WAIT)
+    await message.ack()
+    assert decode_task_id(message.body) == task_id
+    assert message.exchange == f"{name}.dlx"
+
+
+async def test_open_against_a_closed_port_raises_quickly(rabbitmq_url: str) -> None:
+    url = str(URL(rabbitmq_url).with_port(_closed_port()))
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable):
+        async with open_queue(url, name="never.declared"):
+            pass
+    assert time.monotonic() - started < 6
+
+
+async def test_publish_while_the_broker_is_unreachable_raises_quickly(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection, proxy: Proxy
+) -> None:
+    async with open_queue(via(proxy, rabbitmq_url), name=name) as queue:
+        await proxy.stop()
+        # Right after the loss a publish fails at once; once the client knows it is
+        # reconnecting, a publish waits for the connection, but only up to the bound.
+        waited = False
+        async with asyncio.timeout(4 * WAIT):
+            while not waited:
+                started = time.monotonic()
+                with pytest.raises(ServiceUnavailable):
+                    await queue.publish(uuid4())
+                elapsed = time.monotonic() - started
+                assert elapsed < 6
+                waited = elapsed > 1
+                await asyncio.sleep(0.05)  # poll interval; lets the client notice the loss
+        with pytest.raises(ServiceUnavailable):
+            await queue.ping()
+
+
+async def test_recovers_after_the_broker_comes_back(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection, proxy: Proxy
+) -> None:
+    held_id, later_id = uuid4(), uuid4()
+    async with open_queue(via(proxy, rabbitmq_url), name=name) as queue:
+        await queue.publish(held_id)
+        async with queue.consume(prefetch=1) as deliveries:
+            held = await next_delivery(deliveries)
+            await proxy.stop()
+            # While the broker is gone the topology is lost too; recovery must re-declare it.
+            channel = await admin.channel()
+            await channel.queue_delete(name)
+            await channel.close()
+            # Settling on the lost channel is logged, not raised.
+            await held.ack()
+            await proxy.start()
+
+            await _publish_when_back(queue, later_id)
+            # The first message went with the deleted queue; the new one arrives.
+            again = await next_delivery(deliveries, seconds=2 * WAIT)
+            assert decode_task_id(again.body) == later_id
+            await again.ack()
+        await queue.ping()
+        assert await rabbit(queue).depth() == (0, 0)
+
+
+async def test_an_unsettled_delivery_is_redelivered_after_a_connection_loss(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection, proxy: Proxy
+) -> None:
+    task_id = uuid4()
+    async with open_queue(via(proxy, rabbitmq_url), name=name) as queue:
+        await queue.publish(task_id)
+        async with queue.consume(prefetch=1) as deliveries:
+            held = await next_delivery(deliveries)
+            assert not held.redelivered
+            await proxy.stop()
+            await held.ack()  # too late: the broker took it back when the connection died
+            await proxy.start()
+
+            again = await next_delivery(deliveries, seconds=2 * WAIT)
+            assert decode_task_id(again.body) == task_id
+            assert again.redelivered
+            await again.ack()
+
+
+async def test_publish_to_a_deleted_queue_is_an_error_not_a_silent_drop(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection
+) -> None:
+    async with open_queue(rabbitmq_url, name=name) as queue:
+        channel = await admin.channel()
+        await channel.queue_delete(name)
+        with pytest.raises(ServiceUnavailable):
+            await queue.publish(uuid4())
+
+
+async def test_a_message_survives_closing_and_reopening(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection
+) -> None:
+    task_id = uuid4()
+    async with open_queue(rabbitmq_url, name=name) as queue:
+        await queue.publish(task_id)
+
+    channel = await admin.channel()
+    raw = await (await channel.declare_queue(name, passive=True)).get(timeout=WAIT)
+    assert raw.content_type == CONTENT_TYPE
+    assert raw.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    await raw.nack(requeue=True)
+    await channel.close()
+
+    async with (
+        open_queue(rabbitmq_url, name=name) as queue,
+        queue.consume(prefetch=1) as deliveries,
+    ):
+        delivery = await next_delivery(deliveries)
+        assert decode_task_id(delivery.body) == task_id
+        await delivery.ack()
+
+
+async def test_two_consumers_split_the_work_without_duplicates(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection
+) -> None:
+    ids = {uuid4() for _ in range(40)}
+    received: list[tuple[int, UUID]] = []
+    all_received = asyncio.Event()
+
+    async def work(worker: int, deliveries: AsyncIterator[Delivery]) -> None:
+        async for delivery in deliveries:
+            received.append((worker, decode_task_id(delivery.body)))
+            await asyncio.sleep(0.01)  # long enough for the other consumer to get its share
+            await delivery.ack()
+            if len(received) >= len(ids):
+                all_received.set()
+
+    # Two connections, as two processor processes would have.
+    async with (
+        open_queue(rabbitmq_url, name=name) as first,
+        open_queue(rabbitmq_url, name=name) as second,
+        first.consume(prefetch=5) as first_deliveries,
+        second.consume(prefetch=5) as second_deliveries,
+    ):
+        workers = [
+            asyncio.create_task(work(1, first_deliveries)),
+            asyncio.create_task(work(2, second_deliveries)),
+        ]
+        for task_id in ids:
+            await first.publish(task_id)
+        await asyncio.wait_for(all_received.wait(), WAIT)
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        assert await rabbit(first).depth() == (0, 0)
+
+    assert len(received) == len(ids)
+    assert {task_id for _, task_id in received} == ids
+    assert {worker for worker, _ in received} == {1, 2}
+
+
+def test_connection_url_adds_defaults_without_overriding() -> None:
+    defaults = connection_url("amqp://guest:guest@rabbit:5672/vhost")
+    assert defaults.query["heartbeat"] == "30"
+    assert defaults.path == "/vhost"
+    assert connection_url("amqp://rabbit/?heartbeat=5").query["heartbeat"] == "5"
+
+
+async def _publish_when_back(queue: TaskQueue, task_id: UUID) -> None:
+    """Publish once the connection has recovered (each failed try is itself bounded)."""
+    async with asyncio.timeout(3 * WAIT):
+        while True:
+            try:
+                await queue.publish(task_id)
+            except ServiceUnavailable:
+                await asyncio.sleep(0.1)
+            else:
+                return
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
