@@ -1,0 +1,188 @@
+"""The Redis event bus against a real server: reconnects, races, a dead server.
+
+The pub/sub connection is killed from Redis' side with CLIENT KILL ID, found by the
+listener's client name (unique per test prefix), so that other tests' connections on the
+shared server are left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+import pytest
+from redis.asyncio import Redis
+
+from taskwire.cache import redis_client
+from taskwire.errors import ServiceUnavailable
+from taskwire.events import RedisEventBus
+from taskwire.models import Task, TaskStatus
+from taskwire.ports import RESYNC
+
+pytestmark = pytest.mark.redis
+
+WAIT = 5.0
+# Nothing listens on port 1: connections are refused at once.
+DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
+
+
+def make_task(version: int = 1, task_id: UUID | None = None) -> Task:
+    now = datetime.now(UTC)
+    return Task(
+        id=task_id or uuid4(),
+        status=TaskStatus.PENDING,
+        input_data="hello",
+        result=None,
+        error=None,
+        attempts=0,
+        version=version,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+@pytest.fixture
+async def admin(redis_url: str) -> AsyncIterator[Redis]:
+    client = redis_client(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def bus(redis_url: str) -> AsyncIterator[RedisEventBus]:
+    events = RedisEventBus(redis_url, prefix=f"test-{uuid4().hex}")
+    await events.start()
+    try:
+        yield events
+    finally:
+        await events.aclose()
+
+
+async def listener_ids(admin: Redis, bus: RedisEventBus) -> list[str]:
+    clients = await admin.client_list(_type="pubsub")
+    return [client["id"] for client in clients if client["name"] == bus.listener_name]
+
+
+async def kill_listener(admin: Redis, bus: RedisEventBus) -> str:
+    [client_id] = await listener_ids(admin, bus)
+    assert await admin.client_kill_filter(_id=client_id) == 1
+    return client_id
+
+
+async def wait_for_new_listener(admin: Redis, bus: RedisEventBus, old_id: str) -> None:
+    async with asyncio.timeout(WAIT):
+        while (await listener_ids(admin, bus)) in ([], [old_id]):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_after_the_connection_is_killed_subscribers_resync_then_receive(
+    bus: RedisEventBus, admin: Redis
+) -> None:
+    first, second = make_task(), make_task()
+    async with bus.subscribe(first.id) as one, bus.subscribe(second.id) as other:
+        await kill_listener(admin, bus)
+
+        assert await one.get(WAIT) is RESYNC
+        assert await other.get(WAIT) is RESYNC
+
+        await bus.publish(first.evolve(version=2))
+        await bus.publish(second.evolve(version=2))
+        assert await one.get(WAIT) == first.evolve(version=2)
+        assert await other.get(WAIT) == second.evolve(version=2)
+        [listener] = await listener_ids(admin, bus)
+        [(_, count)] = await admin.pubsub_numsub(bus.channel(first.id))
+        assert count == 1
+
+
+async def test_resync_comes_only_once_the_channel_is_subscribed_again(
+    bus: RedisEventBus, admin: Redis
+) -> None:
+    task = make_task()
+    async with bus.subscribe(task.id) as subscription:
+        await kill_listener(admin, bus)
+        assert await subscription.get(WAIT) is RESYNC
+
+        # What a subscriber does on RESYNC is re-read the state; anything published after
+        # that must reach it, with no delay allowed for the resubscription.
+        await bus.publish(task.evolve(version=2))
+
+        assert await subscription.get(WAIT) == task.evolve(version=2)
+
+
+async def test_it_survives_repeated_kills(bus: RedisEventBus, admin: Redis) -> None:
+    task = make_task()
+    async with bus.subscribe(task.id) as subscription:
+        for version in range(2, 6):
+            await kill_listener(admin, bus)
+            assert await subscription.get(WAIT) is RESYNC
+            await bus.publish(task.evolve(version=version))
+            assert await subscription.get(WAIT) == task.evolve(version=version)
+
+
+async def test_subscribing_during_a_reconnect_waits_for_it(
+    bus: RedisEventBus, admin: Redis
+) -> None:
+    task = make_task()
+    async with bus.subscribe(uuid4()):
+        old_id = await kill_listener(admin, bus)
+
+        async with bus.subscribe(task.id) as subscription:
+            await bus.publish(task)
+
+            assert await subscription.get(WAIT) == task
+        await wait_for_new_listener(admin, bus, old_id)
+
+
+async def test_subscribe_then_publish_never_loses_the_first_event(bus: RedisEventBus) -> None:
+    for _ in range(200):
+        task = make_task()
+        async with bus.subscribe(task.id) as subscription:
+            await bus.publish(task)
+            assert await subscription.get(WAIT) == task
+
+
+async def test_concurrent_subscribe_then_publish_never_loses_the_first_event(
+    bus: RedisEventBus,
+) -> None:
+    # Shared ids, so that SUBSCRIBE and UNSUBSCRIBE of one channel interleave on the wire.
+    task_ids = [uuid4() for _ in range(10)]
+
+    async def round_trip(n: int) -> None:
+        task = make_task(n, task_ids[n % len(task_ids)])
+        async with bus.subscribe(task.id) as subscription:
+            await bus.publish(task)
+            while (event := await subscription.get(WAIT)) != task:
+                assert isinstance(event, Task), "timed out"
+
+    await asyncio.gather(*(round_trip(n) for n in range(300)))
+
+
+async def test_a_malformed_message_is_dropped(bus: RedisEventBus, admin: Redis) -> None:
+    task = make_task()
+    async with bus.subscribe(task.id) as subscription:
+        await admin.publish(bus.channel(task.id), b"{not a task")
+        await bus.publish(task)
+
+        assert await subscription.get(WAIT) == task
+
+
+async def test_an_unreachable_redis_fails_subscribe_and_publish_within_bounds() -> None:
+    bus = RedisEventBus(DEAD_REDIS_URL, prefix="dead", subscribe_timeout=0.3)
+    await bus.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable):
+            async with bus.subscribe(uuid4()):
+                pass
+        with pytest.raises(ServiceUnavailable):
+            await bus.publish(make_task())
+        with pytest.raises(ServiceUnavailable):
+            await bus.ping()
+        assert time.monotonic() - started < 5
+    finally:
+        await bus.aclose()
