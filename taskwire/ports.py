@@ -22,7 +22,8 @@ class TaskStore(Protocol):
 
     async def claim(self, task_id: UUID, *, worker: str, lease_seconds: float) -> Task | None:
         """PENDING -> PROCESSING, or take over a PROCESSING task whose lease has expired:
-        attempts+1, version+1, started_at=now, lease to `worker` until now+lease_seconds."""
+        attempts+1, version+1, started_at=now, lease to `worker` until now+lease_seconds, and
+        dispatch_after = the lease expiry (so the dispatcher looks again only once it lapsed)."""
 
     async def complete(self, task_id: UUID, *, attempt: int, result: str) -> Task | None:
         """PROCESSING -> COMPLETED, only if `attempt` is still the current attempt (the fence)."""
@@ -34,12 +35,17 @@ class TaskStore(Protocol):
         """PROCESSING -> PENDING (hand a task back, e.g. at shutdown), fenced like complete()."""
 
     async def heartbeat(self, task_id: UUID, *, attempt: int, lease_seconds: float) -> bool:
-        """Extend the lease of the current attempt; False if the attempt lost the task."""
+        """Extend the lease (and dispatch_after with it) of the current attempt; False if the
+        attempt lost the task."""
 
     async def due_for_dispatch(self, *, limit: int, grace_seconds: float) -> list[UUID]:
-        """Ids of PENDING tasks past their dispatch deadline and PROCESSING tasks whose lease
-        expired; pushes their deadline `grace_seconds` ahead so that concurrent dispatchers
-        (FOR UPDATE SKIP LOCKED) do not pick the same rows."""
+        """Ids of tasks past their dispatch deadline (dispatch_after <= now) that are PENDING, or
+        PROCESSING with an expired lease; pushes their deadline `grace_seconds` ahead so that
+        concurrent dispatchers (FOR UPDATE SKIP LOCKED) and later runs do not pick them again."""
+
+    async def defer_dispatch(self, task_id: UUID, *, seconds: float) -> None:
+        """Set the dispatch deadline to now+seconds (no version bump: not a state change).
+        Called once the publish of a new task was confirmed, so the dispatcher leaves it alone."""
 
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""
@@ -51,7 +57,8 @@ class TaskCache(Protocol):
     async def get(self, task_id: UUID) -> Task | None: ...
 
     async def put(self, task: Task, *, ttl_seconds: float) -> bool:
-        """Store `task` unless a newer version is cached (compare-and-set on version); True if stored."""
+        """Store `task` unless a newer version is cached (compare-and-set on version).
+        True if stored."""
 
     async def ping(self) -> None: ...
 

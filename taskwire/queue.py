@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -75,15 +75,22 @@ class MemoryTaskQueue:
 
     def __init__(self, *, delivery_limit: int = DELIVERY_LIMIT) -> None:
         self.dead_letters: list[bytes] = []
+        # How many deliveries were settled each way ("ack", "requeue", "dead_letter"): lets a
+        # test wait for a message to be done with rather than for the queue to look empty.
+        self.settled: Counter[str] = Counter()
         self._ready: deque[_Message] = deque()
         self._delivery_limit = delivery_limit
         self._changed = asyncio.Event()
         self._closed = False
 
     async def publish(self, task_id: UUID) -> None:
+        await self.publish_body(encode_task_id(task_id))
+
+    async def publish_body(self, body: bytes) -> None:
+        """Enqueue raw bytes, e.g. a malformed message a test wants the processor to meet."""
         if self._closed:
             raise ServiceUnavailable("the task queue is closed")
-        self._ready.append(_Message(encode_task_id(task_id)))
+        self._ready.append(_Message(body))
         self._notify()
 
     @asynccontextmanager
@@ -159,6 +166,7 @@ class _MemoryConsumer:
         if message is None:
             log.warning("ignored %s of a delivery that is no longer unsettled", outcome)
             return
+        self._queue.settled[outcome] += 1
         if outcome == "requeue":
             self._queue._give_back([message])
         elif outcome == "dead_letter":

@@ -23,10 +23,14 @@ class Settings:
     max_input_bytes: int = 64 * 1024
     # A claim is a lease: a worker that stops renewing it loses the task to another worker.
     lease_seconds: float = 30.0
-    # A PENDING task whose message was not confirmed (or not consumed) is republished after this.
+    # A new task whose publish was never confirmed is republished after this.
     dispatch_grace_seconds: float = 10.0
+    # A PENDING task whose publish was confirmed but that nobody claimed is republished after this.
+    redispatch_seconds: float = 300.0
     # How often an idle subscription re-reads the truth, in case an event went missing.
     watch_recheck_seconds: float = 30.0
+    # Keep-alive on websockets: legacy graphql-ws `ka` messages and WebSocket ping frames.
+    keepalive_seconds: float = 10.0
     queue_name: str = "taskwire.tasks"
     channel_prefix: str = "taskwire"
 
@@ -94,5 +98,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_input_bytes": _number(1, integer=True),
     "lease_seconds": _number(0.1),
     "dispatch_grace_seconds": _number(0.1),
+    "redispatch_seconds": _number(0.1),
     "watch_recheck_seconds": _number(0.1),
+    "keepalive_seconds": _number(0.1),
 }

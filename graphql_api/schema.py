@@ -1,0 +1,83 @@
+"""The GraphQL schema. Resolvers decode, call one taskwire.service function, and convert."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.types import ExecutionContext
+
+from graphql_api.context import Info
+from graphql_api.errors import MaskUnexpectedErrors, classify
+from graphql_api.types import CreateTaskInput, TaskType
+from taskwire import service
+
+
+async def resolve_task(info: Info, id: strawberry.ID) -> TaskType | None:
+    task = await service.get_task(info.context.services, service.parse_task_id(id))
+    return TaskType.from_model(task) if task is not None else None
+
+
+async def resolve_create_task(info: Info, input: CreateTaskInput) -> TaskType:
+    task = await service.create_task(info.context.services, input.input_data)
+    return TaskType.from_model(task)
+
+
+async def resolve_task_updated(info: Info, id: strawberry.ID) -> AsyncGenerator[TaskType, None]:
+    updates = service.watch_task(info.context.services, service.parse_task_id(id))
+    try:
+        async for task in updates:
+            yield TaskType.from_model(task)
+    finally:
+        # Closes the subscription to the task's events now, not whenever the GC gets to it.
+        await updates.aclose()
+
+
+# Resolvers are passed with resolver= rather than decorated: the decorator form is untyped.
+@strawberry.type
+class Query:
+    task: TaskType | None = strawberry.field(
+        resolver=resolve_task, description="The task with this id, or null when there is none."
+    )
+
+
+@strawberry.type
+class Mutation:
+    create_task: TaskType = strawberry.mutation(
+        resolver=resolve_create_task,
+        description="Submit work. Returns once the task is stored, queued and cached.",
+    )
+
+
+@strawberry.type
+class Subscription:
+    task_updated: AsyncGenerator[TaskType, None] = strawberry.subscription(
+        resolver=resolve_task_updated,
+        description=(
+            "The task's current state, then every change; completes after a final state."
+        ),
+    )
+
+
+class TaskwireSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        # Expected errors (bad input, not found, ...) are answers, not incidents: only the
+        # unexpected ones are logged, with their traceback.
+        classify(errors)
+
+
+def build_schema() -> strawberry.Schema:
+    return TaskwireSchema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=[
+            MaskUnexpectedErrors,
+            lambda: ParserCache(maxsize=1024),
+            lambda: ValidationCache(maxsize=1024),
+        ],
+    )

@@ -1,0 +1,98 @@
+"""What happens to one message: decode, claim, work, finish, and only then settle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+from processor.work import reverse_text
+from taskwire import service
+from taskwire.bootstrap import Services
+from taskwire.errors import ServiceUnavailable
+from taskwire.models import Task
+from taskwire.ports import Delivery
+from taskwire.queue import decode_task_id
+
+log = logging.getLogger(__name__)
+
+# How long a message whose task could not be reached (database down) is held before it goes
+# back to the queue: holding it keeps a broken dependency from turning into a redelivery storm.
+UNAVAILABLE_BACKOFF_SECONDS = 1.0
+
+
+async def handle(services: Services, delivery: Delivery, *, worker: str) -> None:
+    try:
+        task_id = decode_task_id(delivery.body)
+    except ValueError as exc:
+        log.error("malformed message sent to the dead-letter queue: %s", exc)
+        await delivery.dead_letter()
+        return
+    try:
+        await process(services, task_id, worker=worker)
+    except ServiceUnavailable as exc:
+        log.warning("task %s deferred: %s", task_id, exc)
+        await asyncio.sleep(UNAVAILABLE_BACKOFF_SECONDS)
+        await delivery.requeue()
+        return
+    except asyncio.CancelledError:
+        await asyncio.shield(delivery.requeue())
+        raise
+    await delivery.ack()
+
+
+async def process(services: Services, task_id: UUID, *, worker: str) -> None:
+    claimed = await service.claim_task(services, task_id, worker=worker)
+    if claimed is None:
+        # Finished, cancelled, or held by a live lease elsewhere: a duplicate delivery.
+        log.debug("task %s not claimable; message settled", task_id)
+        return
+    try:
+        async with _heartbeat(services, claimed):
+            result = await reverse_text(
+                claimed.input_data, delay_seconds=services.settings.task_delay_seconds
+            )
+    except asyncio.CancelledError:
+        # Shutting down mid-work: hand the task back so that another worker takes it now
+        # rather than after the lease expires.
+        await asyncio.shield(service.release_task(services, claimed))
+        raise
+    except Exception as exc:
+        log.exception("task %s failed on attempt %d", task_id, claimed.attempts)
+        await service.fail_task(services, claimed, f"{type(exc).__name__}: {exc}")
+        return
+    if await service.complete_task(services, claimed, result) is None:
+        log.warning(
+            "task %s attempt %d lost its lease; result discarded", task_id, claimed.attempts
+        )
+
+
+@asynccontextmanager
+async def _heartbeat(services: Services, claimed: Task) -> AsyncIterator[None]:
+    """Renew the lease while the work runs, so long work is not taken over."""
+    lease = services.settings.lease_seconds
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                alive = await services.store.heartbeat(
+                    claimed.id, attempt=claimed.attempts, lease_seconds=lease
+                )
+            except ServiceUnavailable:
+                continue
+            if not alive:
+                log.warning("task %s attempt %d lost its lease", claimed.id, claimed.attempts)
+                return
+
+    if services.settings.task_delay_seconds < lease / 3:
+        yield
+        return
+    renewer = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        renewer.cancel()
+        await asyncio.gather(renewer, return_exceptions=True)

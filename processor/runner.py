@@ -1,0 +1,95 @@
+"""The processor's main loop: consume with a prefetch window, work many tasks at once, run the
+outbox dispatcher, and stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+from processor.handler import handle
+from taskwire import service
+from taskwire.bootstrap import Services
+from taskwire.errors import ServiceUnavailable
+from taskwire.ports import Delivery
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def run(services: Services, stop: asyncio.Event) -> None:
+    """Process tasks until `stop` is set; then finish (or hand back) what is in flight."""
+    worker = worker_name()
+    dispatcher = asyncio.create_task(dispatch_forever(services, stop))
+    inflight: set[asyncio.Task[None]] = set()
+    log.info(
+        "processor %s started (concurrency %d)", worker, services.settings.processor_concurrency
+    )
+    try:
+        async with services.queue.consume(
+            prefetch=services.settings.processor_concurrency
+        ) as deliveries:
+            async for delivery in _until(stop, deliveries):
+                job = asyncio.create_task(handle(services, delivery, worker=worker))
+                inflight.add(job)
+                job.add_done_callback(inflight.discard)
+            # Settle what is in flight on the channel it came from, before the consumer closes.
+            await _drain(inflight)
+    finally:
+        dispatcher.cancel()
+        await asyncio.gather(dispatcher, return_exceptions=True)
+        log.info("processor %s stopped", worker)
+
+
+async def dispatch_forever(services: Services, stop: asyncio.Event) -> None:
+    interval = min(services.settings.dispatch_grace_seconds / 2, 5.0)
+    while not stop.is_set():
+        try:
+            while await service.dispatch_due(services) > 0:
+                pass
+        except ServiceUnavailable as exc:
+            log.warning("dispatcher paused: %s", exc)
+        except Exception:
+            log.exception("dispatcher run failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+async def _until(
+    stop: asyncio.Event, deliveries: AsyncIterator[Delivery]
+) -> AsyncIterator[Delivery]:
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(deliveries))
+            await asyncio.wait({following, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+                return
+            try:
+                delivery = following.result()
+            except StopAsyncIteration:
+                return
+            yield delivery
+    finally:
+        stopped.cancel()
+
+
+async def _drain(inflight: set[asyncio.Task[None]]) -> None:
+    if not inflight:
+        return
+    log.info("waiting for %d task(s) in flight", len(inflight))
+    _, pending = await asyncio.wait(set(inflight), timeout=SHUTDOWN_GRACE_SECONDS)
+    for job in pending:
+        job.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

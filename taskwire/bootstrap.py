@@ -1,0 +1,47 @@
+"""The one place that opens connections: `async with connect(settings) as services`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from taskwire.cache import open_cache
+from taskwire.events import open_events
+from taskwire.ports import EventBus, TaskCache, TaskQueue, TaskStore
+from taskwire.queue import open_queue
+from taskwire.settings import Settings
+from taskwire.store import open_store
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything a use case needs, opened for the lifetime of one process."""
+
+    settings: Settings
+    store: TaskStore
+    cache: TaskCache
+    events: EventBus
+    queue: TaskQueue
+
+
+@asynccontextmanager
+async def connect(settings: Settings, *, pool_size: int = 10) -> AsyncIterator[Services]:
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(
+            open_store(
+                settings.database_url,
+                dispatch_grace_seconds=settings.dispatch_grace_seconds,
+                pool_size=pool_size,
+            )
+        )
+        cache = await stack.enter_async_context(
+            open_cache(settings.redis_url, prefix=settings.channel_prefix)
+        )
+        events = await stack.enter_async_context(
+            open_events(settings.redis_url, prefix=settings.channel_prefix)
+        )
+        queue = await stack.enter_async_context(
+            open_queue(settings.rabbitmq_url, name=settings.queue_name)
+        )
+        yield Services(settings=settings, store=store, cache=cache, events=events, queue=queue)

@@ -1,0 +1,165 @@
+"""The use cases. Resolvers and message handlers decode their input, call one of these, and
+convert the result; everything that must stay true across processes is decided here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from uuid import UUID
+
+from taskwire.bootstrap import Services
+from taskwire.errors import BadUserInput, NotFound, ServiceUnavailable
+from taskwire.models import Task
+from taskwire.ports import Resync
+
+log = logging.getLogger(__name__)
+
+
+def parse_task_id(raw: str) -> UUID:
+    if len(raw) > 64:
+        raise BadUserInput("id must be a UUID.")
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise BadUserInput("id must be a UUID.") from None
+
+
+def check_input(input_data: str, *, max_bytes: int) -> None:
+    # Checked on characters first so that a huge string is refused before it is encoded.
+    if len(input_data) > max_bytes:
+        raise BadUserInput(f"inputData is longer than the limit of {max_bytes} bytes.")
+    try:
+        size = len(input_data.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadUserInput("inputData must be valid Unicode text.") from None
+    if size > max_bytes:
+        raise BadUserInput(f"inputData is {size} bytes; the limit is {max_bytes} bytes.")
+    if "\x00" in input_data:
+        # PostgreSQL text cannot hold NUL; refusing it here keeps both databases alike.
+        raise BadUserInput("inputData must not contain NUL characters.")
+
+
+async def create_task(services: Services, input_data: str) -> Task:
+    """Commit the task, then publish it with a confirm, then cache it.
+
+    A failed publish does not fail the request: the task is committed, and the tasks table is
+    the outbox that the dispatcher re-publishes from.
+    """
+    check_input(input_data, max_bytes=services.settings.max_input_bytes)
+    task = await services.store.create(input_data)
+    try:
+        await services.queue.publish(task.id)
+    except ServiceUnavailable:
+        log.warning("publish of task %s failed; the dispatcher will publish it", task.id)
+    else:
+        await services.store.defer_dispatch(task.id, seconds=services.settings.redispatch_seconds)
+    await _cache(services, task)
+    return task
+
+
+async def get_task(services: Services, task_id: UUID) -> Task | None:
+    """Read-through: Redis first, PostgreSQL on a miss (or when Redis is down)."""
+    try:
+        cached = await services.cache.get(task_id)
+    except ServiceUnavailable:
+        log.warning("cache read failed for task %s; reading the database", task_id)
+        cached = None
+    if cached is not None:
+        return cached
+    task = await services.store.get(task_id)
+    if task is not None:
+        await _cache(services, task)
+    return task
+
+
+async def watch_task(services: Services, task_id: UUID) -> AsyncGenerator[Task, None]:
+    """The current state, then every newer version, ending after a terminal state.
+
+    Subscribing happens before the first read so that no change can fall between the two.
+    """
+    async with services.events.subscribe(task_id) as subscription:
+        current = await get_task(services, task_id)
+        if current is None:
+            raise NotFound()
+        yield current
+        while not current.terminal:
+            event = await subscription.get(timeout=services.settings.watch_recheck_seconds)
+            if isinstance(event, Resync):
+                # Events may have been missed (reconnect, overflow, or a long silence):
+                # the database is the truth.
+                truth = await services.store.get(task_id)
+                if truth is None:
+                    return
+                await _cache(services, truth)
+                event = truth
+            if event.version > current.version:
+                current = event
+                yield current
+
+
+async def claim_task(services: Services, task_id: UUID, *, worker: str) -> Task | None:
+    task = await services.store.claim(
+        task_id, worker=worker, lease_seconds=services.settings.lease_seconds
+    )
+    if task is not None:
+        await announce(services, task)
+    return task
+
+
+async def complete_task(services: Services, claimed: Task, result: str) -> Task | None:
+    """Finish the attempt that `claimed` holds; None when that attempt lost the task."""
+    task = await services.store.complete(claimed.id, attempt=claimed.attempts, result=result)
+    if task is not None:
+        await announce(services, task)
+    return task
+
+
+async def fail_task(services: Services, claimed: Task, error: str) -> Task | None:
+    task = await services.store.fail(claimed.id, attempt=claimed.attempts, error=error)
+    if task is not None:
+        await announce(services, task)
+    return task
+
+
+async def release_task(services: Services, claimed: Task) -> Task | None:
+    task = await services.store.release(claimed.id, attempt=claimed.attempts)
+    if task is not None:
+        await announce(services, task)
+    return task
+
+
+async def dispatch_due(services: Services, *, limit: int = 100) -> int:
+    """Re-publish what the outbox says was never confirmed or never claimed; returns how many."""
+    due = await services.store.due_for_dispatch(
+        limit=limit, grace_seconds=services.settings.redispatch_seconds
+    )
+    published = 0
+    for task_id in due:
+        try:
+            await services.queue.publish(task_id)
+        except ServiceUnavailable:
+            await services.store.defer_dispatch(
+                task_id, seconds=services.settings.dispatch_grace_seconds
+            )
+            continue
+        published += 1
+    if published:
+        log.info("dispatcher re-published %d task(s)", published)
+    return published
+
+
+async def announce(services: Services, task: Task) -> None:
+    """Write-through to the cache, then tell subscribers. Redis is an accelerator: a failure
+    here is logged and never undoes or fails the transition that already committed."""
+    await _cache(services, task)
+    try:
+        await services.events.publish(task)
+    except ServiceUnavailable:
+        log.warning("event publish failed for task %s version %d", task.id, task.version)
+
+
+async def _cache(services: Services, task: Task) -> None:
+    try:
+        await services.cache.put(task, ttl_seconds=services.settings.result_ttl_seconds)
+    except ServiceUnavailable:
+        log.warning("cache write failed for task %s version %d", task.id, task.version)

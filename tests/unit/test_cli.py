@@ -1,0 +1,38 @@
+"""The command line refuses bad configuration at start with one clear line."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskwire.cli import main
+
+
+@pytest.mark.parametrize("command", ["api", "processor"])
+@pytest.mark.parametrize("variable", ["RABBITMQ_URL", "REDIS_URL"])
+def test_separate_processes_refuse_in_process_transports(
+    command: str, variable: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:1/")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv(variable, "memory://")
+    assert main([command]) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1
+    assert message.startswith(
+        f"taskwire {command}: {variable}=memory:// only works inside `taskwire dev`"
+    )
+
+
+def test_a_bad_value_stops_the_start_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TASK_DELAY_SECONDS", "soon")
+    assert main(["dev"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "taskwire dev: TASK_DELAY_SECONDS: must be a number (got 'soon')"
+    )
+
+
+def test_schema_prints_the_sdl(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    assert "taskUpdated(id: ID!): Task!" in capsys.readouterr().out

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+
+from taskwire.models import TERMINAL, TRANSITIONS, Task, TaskStatus, can_transition
+
+
+def make_task(**changes: object) -> Task:
+    now = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    task = Task(
+        id=uuid4(),
+        status=TaskStatus.PENDING,
+        input_data="héllo ✓",
+        result=None,
+        error=None,
+        attempts=0,
+        version=1,
+        created_at=now,
+        updated_at=now,
+    )
+    return task.evolve(**changes)
+
+
+def test_snapshot_round_trips_through_json() -> None:
+    task = make_task(
+        status=TaskStatus.COMPLETED,
+        result="✓ olléh",
+        attempts=1,
+        version=3,
+        started_at=datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC),
+        finished_at=datetime(2026, 1, 2, 3, 4, 11, tzinfo=UTC),
+    )
+    assert Task.from_json(task.to_json()) == task
+    assert Task.from_json(task.to_json().encode()) == task
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "[]", "null", '{"id": "x"}', "{", '{"id": "not-a-uuid", "status": "PENDING"}'],
+)
+def test_malformed_snapshots_are_refused(raw: str) -> None:
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        Task.from_json(raw)
+
+
+def test_terminal_states_have_no_way_forward_but_retry() -> None:
+    assert {TaskStatus.COMPLETED, TaskStatus.CANCELLED} == {
+        s for s in TERMINAL if not TRANSITIONS[s]
+    }
+    assert TRANSITIONS[TaskStatus.FAILED] == {TaskStatus.PENDING}
+    assert all(s.terminal == (s in TERMINAL) for s in TaskStatus)
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "allowed"),
+    [
+        (TaskStatus.PENDING, TaskStatus.PROCESSING, True),
+        (TaskStatus.PENDING, TaskStatus.COMPLETED, False),
+        (TaskStatus.PROCESSING, TaskStatus.COMPLETED, True),
+        (TaskStatus.PROCESSING, TaskStatus.PROCESSING, True),
+        (TaskStatus.COMPLETED, TaskStatus.PROCESSING, False),
+        (TaskStatus.CANCELLED, TaskStatus.PENDING, False),
+    ],
+)
+def test_transitions(source: TaskStatus, target: TaskStatus, allowed: bool) -> None:
+    assert can_transition(source, target) is allowed
+
+
+def test_newer_than_compares_versions() -> None:
+    old = make_task(version=2)
+    assert old.evolve(version=3).newer_than(old)
+    assert not old.newer_than(old)
+    assert old.newer_than(None)

@@ -1,0 +1,148 @@
+"""The use cases on the embedded adapters, with broken adapters where Redis or RabbitMQ fail."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from uuid import UUID
+
+import pytest
+
+from taskwire import service
+from taskwire.bootstrap import Services, connect
+from taskwire.cache import MemoryTaskCache
+from taskwire.db import migrate
+from taskwire.errors import ServiceUnavailable
+from taskwire.models import Task, TaskStatus
+from taskwire.ports import Delivery
+from taskwire.queue import MemoryTaskQueue
+from taskwire.settings import Settings
+
+
+class DownQueue:
+    """A broker that is unreachable."""
+
+    async def publish(self, task_id: UUID) -> None:
+        raise ServiceUnavailable("The broker is unavailable.")
+
+    def consume(self, *, prefetch: int) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]:
+        raise ServiceUnavailable("The broker is unavailable.")
+
+    async def ping(self) -> None:
+        raise ServiceUnavailable("The broker is unavailable.")
+
+
+class DownCache:
+    """A Redis that is unreachable."""
+
+    async def get(self, task_id: UUID) -> Task | None:
+        raise ServiceUnavailable("Redis is unavailable.")
+
+    async def put(self, task: Task, *, ttl_seconds: float) -> bool:
+        raise ServiceUnavailable("Redis is unavailable.")
+
+    async def ping(self) -> None:
+        raise ServiceUnavailable("Redis is unavailable.")
+
+
+async def test_create_commits_publishes_and_caches(services: Services) -> None:
+    task = await service.create_task(services, "hello")
+    assert isinstance(services.queue, MemoryTaskQueue)
+    assert await services.queue.depth() == (1, 0)
+    assert await services.cache.get(task.id) == task
+    assert await services.store.get(task.id) == task
+
+
+@pytest.fixture
+async def quick_dispatch(settings: Settings) -> AsyncIterator[Services]:
+    """Services whose outbox grace is short enough to watch the dispatcher act."""
+    quick = dataclasses.replace(settings, dispatch_grace_seconds=0.2)
+    await migrate(quick.database_url)
+    async with connect(quick) as opened:
+        yield opened
+
+
+async def test_a_failed_publish_still_accepts_the_task_and_the_dispatcher_sends_it(
+    quick_dispatch: Services,
+) -> None:
+    services = quick_dispatch
+    task = await service.create_task(dataclasses.replace(services, queue=DownQueue()), "outbox")
+    assert await services.store.get(task.id) == task
+    assert await service.dispatch_due(services) == 0, "not due before the grace"
+    async with asyncio.timeout(5):
+        while await service.dispatch_due(services) == 0:
+            await asyncio.sleep(0.05)
+    assert isinstance(services.queue, MemoryTaskQueue)
+    assert await services.queue.depth() == (1, 0)
+    assert await service.dispatch_due(services) == 0, "once dispatched, it is not due again"
+
+
+async def test_a_confirmed_publish_is_not_dispatched_again(quick_dispatch: Services) -> None:
+    await service.create_task(quick_dispatch, "once")
+    await asyncio.sleep(0.3)  # past the grace: only the confirmation keeps it from being due
+    assert await service.dispatch_due(quick_dispatch) == 0
+
+
+async def test_redis_down_changes_nothing_for_clients(services: Services) -> None:
+    broken = dataclasses.replace(services, cache=DownCache())
+    task = await service.create_task(broken, "no cache")
+    assert await service.get_task(broken, task.id) == task
+
+
+async def test_reads_fall_through_to_the_store_and_repopulate(services: Services) -> None:
+    task = await service.create_task(services, "read through")
+    cold = dataclasses.replace(services, cache=MemoryTaskCache())
+    assert await cold.cache.get(task.id) is None
+    assert await service.get_task(cold, task.id) == task
+    assert await cold.cache.get(task.id) == task
+
+
+async def test_watch_yields_only_newer_versions_and_ends_on_a_final_state(
+    services: Services,
+) -> None:
+    task = await service.create_task(services, "watch")
+    updates = service.watch_task(services, task.id)
+    assert await anext(updates) == task
+    claimed = await service.claim_task(services, task.id, worker="w")
+    assert claimed is not None
+    assert await anext(updates) == claimed
+    # A stale or repeated event (e.g. a duplicate publish) is never passed on.
+    await services.events.publish(task)
+    await services.events.publish(claimed)
+    done = await service.complete_task(services, claimed, "hctaw")
+    assert done is not None
+    assert await anext(updates) == done
+    with pytest.raises(StopAsyncIteration):
+        await anext(updates)
+
+
+async def test_watch_rereads_the_truth_when_events_go_missing(services: Services) -> None:
+    quiet = dataclasses.replace(
+        services, settings=dataclasses.replace(services.settings, watch_recheck_seconds=0.1)
+    )
+    task = await service.create_task(quiet, "missed")
+    updates = service.watch_task(quiet, task.id)
+    assert await anext(updates) == task
+    # Transitions straight in the store: no event is published.
+    claimed = await services.store.claim(task.id, worker="w", lease_seconds=10)
+    assert claimed is not None
+    done = await services.store.complete(task.id, attempt=claimed.attempts, result="dessim")
+    assert done is not None
+    async with asyncio.timeout(5):
+        assert await anext(updates) == done
+    with pytest.raises(StopAsyncIteration):
+        await anext(updates)
+
+
+async def test_fenced_finish_of_a_lost_attempt_changes_nothing(services: Services) -> None:
+    task = await service.create_task(services, "fence")
+    claimed = await service.claim_task(services, task.id, worker="w")
+    assert claimed is not None
+    stale = claimed.evolve(attempts=claimed.attempts - 1)
+    assert await service.complete_task(services, stale, "nope") is None
+    current = await services.store.get(task.id)
+    assert current is not None
+    assert current.status is TaskStatus.PROCESSING
+    assert current.version == claimed.version
