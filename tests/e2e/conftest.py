@@ -1,0 +1,90 @@
+"""A whole Taskwire deployment as real processes: `taskwire api` and two `taskwire processor`
+against real PostgreSQL, Redis and RabbitMQ, each test module with its own database, queue
+and channel prefix."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.support.databases import fresh_postgres_database
+from tests.support.processes import (
+    TaskwireProcess,
+    free_port,
+    run_to_completion,
+    wait_until_ready,
+)
+
+TASK_DELAY_SECONDS = "1"
+
+
+@dataclass
+class Deployment:
+    env: dict[str, str]
+    workdir: Path
+    port: int
+    api: TaskwireProcess
+    processors: list[TaskwireProcess] = field(default_factory=list)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/graphql"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start_api(self) -> None:
+        self.api.start()
+        await wait_until_ready(self.base_url, self.api)
+
+    def all_processes(self) -> list[TaskwireProcess]:
+        return [self.api, *self.processors]
+
+
+@pytest.fixture(scope="module")
+async def deployment(
+    postgres_admin_url: str,
+    redis_url: str,
+    rabbitmq_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Deployment]:
+    workdir = tmp_path_factory.mktemp("deployment")
+    tag = uuid.uuid4().hex[:10]
+    async with fresh_postgres_database(postgres_admin_url) as database_url:
+        env = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "RABBITMQ_URL": rabbitmq_url,
+            "QUEUE_NAME": f"taskwire.e2e.{tag}",
+            "CHANNEL_PREFIX": f"taskwire-e2e-{tag}",
+            "TASK_DELAY_SECONDS": TASK_DELAY_SECONDS,
+            "LEASE_SECONDS": "10",
+            "KEEPALIVE_SECONDS": "0.5",
+        }
+        run_to_completion(["migrate"], env=env, cwd=workdir)
+        port = free_port()
+        api = TaskwireProcess(
+            "api", ["api", "--port", str(port)], env=env, log_dir=workdir, cwd=workdir
+        )
+        processors = [
+            TaskwireProcess(f"processor-{n}", ["processor"], env=env, log_dir=workdir, cwd=workdir)
+            for n in (1, 2)
+        ]
+        deployment = Deployment(env=env, workdir=workdir, port=port, api=api, processors=processors)
+        try:
+            for processor in processors:
+                processor.start()
+            await deployment.start_api()
+            yield deployment
+        finally:
+            for process in deployment.all_processes():
+                process.stop()
