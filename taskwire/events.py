@@ -62,7 +62,7 @@ class _Inbox:
             waiter.set_result(None)
 
     # The port's signature: a timeout is part of the answer (RESYNC), not a cancellation.
-    async def get(self, timeout: float | None = None) -> Task | Resync:  # noqa: ASYNC109
+    async def get(self, timeout: float | None = None) -> Task | Resync:
         items = self._items
         if not items:
             loop = asyncio.get_running_loop()

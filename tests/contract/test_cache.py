@@ -42,7 +42,7 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[TaskCache]:
 async def wait_for_miss(cache: TaskCache, task_id: UUID) -> None:
     # Polling is the point: expiry is the server's clock, nothing to wait on.
     async with asyncio.timeout(5):
-        while await cache.get(task_id) is not None:  # noqa: ASYNC110
+        while await cache.get(task_id) is not None:
             await asyncio.sleep(0.02)
 
 

@@ -55,7 +55,7 @@ class Harness:
     async def wait_numsub(self, task_id: UUID, expected: int) -> None:
         """Poll: an UNSUBSCRIBE goes out after the subscriber has left."""
         async with asyncio.timeout(WAIT):
-            while await self.numsub(task_id) != expected:  # noqa: ASYNC110
+            while await self.numsub(task_id) != expected:
                 await asyncio.sleep(0.02)
 
 

@@ -76,7 +76,7 @@ async def kill_listener(admin: Redis, bus: RedisEventBus) -> str:
 
 async def wait_for_new_listener(admin: Redis, bus: RedisEventBus, old_id: str) -> None:
     async with asyncio.timeout(WAIT):
-        while (await listener_ids(admin, bus)) in ([], [old_id]):  # noqa: ASYNC110
+        while (await listener_ids(admin, bus)) in ([], [old_id]):
             await asyncio.sleep(0.02)
 
 
@@ -94,7 +94,7 @@ async def test_after_the_connection_is_killed_subscribers_resync_then_receive(
         await bus.publish(second.evolve(version=2))
         assert await one.get(WAIT) == first.evolve(version=2)
         assert await other.get(WAIT) == second.evolve(version=2)
-        [listener] = await listener_ids(admin, bus)
+        [_listener] = await listener_ids(admin, bus)
         [(_, count)] = await admin.pubsub_numsub(bus.channel(first.id))
         assert count == 1
 
