@@ -55,9 +55,7 @@ class Mutation:
 class Subscription:
     task_updated: AsyncGenerator[TaskType, None] = strawberry.subscription(
         resolver=resolve_task_updated,
-        description=(
-            "The task's current state, then every change; completes after a final state."
-        ),
+        description=("The task's current state, then every change; completes after a final state."),
     )
 
 
