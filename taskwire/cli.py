@@ -35,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taskwire {args.command}: {exc}", file=sys.stderr)
         return 2
     command = args.command
+    if command in ("api", "processor") and (problem := _schema_problem(settings)):
+        print(f"taskwire {command}: {problem}", file=sys.stderr)
+        return 2
     if command == "schema":
         from graphql_api.schema import build_schema
 
@@ -79,6 +82,20 @@ def _require_shared_transport(settings: Settings, command: str) -> None:
                 f"{name}={url} only works inside `taskwire dev`, where the API and the processor "
                 f"share one process; `taskwire {command}` needs a real server URL."
             )
+
+
+def _schema_problem(settings: Settings) -> str | None:
+    from taskwire.db import pending_migrations
+
+    try:
+        pending = asyncio.run(pending_migrations(settings.database_url))
+    except Exception as exc:
+        return f"cannot read the database schema at DATABASE_URL ({type(exc).__name__}: {exc})"
+    if pending:
+        return (
+            f"the database schema lacks {len(pending)} migration(s); run `taskwire migrate` first"
+        )
+    return None
 
 
 def _migrate(settings: Settings) -> int:

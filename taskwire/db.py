@@ -9,6 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -155,3 +157,23 @@ def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
+
+
+async def pending_migrations(url: str) -> list[str]:
+    """Revisions the database at `url` still lacks (empty when it is at head).
+
+    Lets `taskwire api` and `taskwire processor` refuse to start on an old or empty schema
+    with a clear line, instead of failing every request."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            current = await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_heads()
+            )
+    finally:
+        await engine.dispose()
+    scripts = ScriptDirectory.from_config(alembic_config())
+    applied: set[str] = set()
+    for head in current:
+        applied.update(rev.revision for rev in scripts.iterate_revisions(head, "base"))
+    return [rev.revision for rev in scripts.walk_revisions() if rev.revision not in applied]
