@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -15,7 +16,7 @@ import pytest
 from taskwire.errors import ServiceUnavailable
 from taskwire.ports import Delivery
 from taskwire.queue import MemoryTaskQueue, decode_task_id, encode_task_id, open_queue
-from taskwire.rabbitmq import RabbitTaskQueue
+from taskwire.rabbitmq import RabbitTaskQueue, delay_queue_names
 
 T = TypeVar("T")
 AnyQueue = MemoryTaskQueue | RabbitTaskQueue
@@ -23,6 +24,10 @@ AnyQueue = MemoryTaskQueue | RabbitTaskQueue
 WAIT = 5.0  # generous bound for something that must happen
 QUIET = 0.5  # how long we watch for something that must not happen
 LIMIT = 3  # a small delivery limit keeps the crash-loop test short
+# A delayed message may arrive this much before its delay (timer and clock granularity; both
+# adapters round the delay up, never down) and must arrive within this much after it.
+EARLY = 0.02
+LATE = 0.5
 
 
 async def delete_topology(url: str, name: str) -> None:
@@ -32,6 +37,8 @@ async def delete_topology(url: str, name: str) -> None:
         await channel.queue_delete(name)
         await channel.queue_delete(f"{name}.dead")
         await channel.exchange_delete(f"{name}.dlx")
+        for delay_queue in delay_queue_names(name):
+            await channel.queue_delete(delay_queue)
 
 
 @pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
@@ -216,6 +223,114 @@ async def test_closing_the_queue_ends_consumption_and_refuses_work(queue: AnyQue
         await queue.publish(uuid4())
     with pytest.raises(ServiceUnavailable):
         await queue.ping()
+
+
+async def timed_delivery(deliveries: AsyncIterator[Delivery], started: float) -> tuple[UUID, float]:
+    """The next task id, acked, and how long after `started` it arrived."""
+    delivery = await next_delivery(deliveries)
+    arrived = time.monotonic() - started
+    await delivery.ack()
+    return decode_task_id(delivery.body), arrived
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.1])
+async def test_a_delayed_message_arrives_after_its_delay(queue: AnyQueue, delay: float) -> None:
+    task_id = uuid4()
+    async with queue.consume(prefetch=1) as deliveries:
+        started = time.monotonic()
+        await queue.publish(task_id, delay_seconds=delay)
+        # Confirmed, but held back: not in the main queue yet.
+        assert await queue.delayed() == 1
+        assert await queue.depth() == (0, 0)
+        received, arrived = await timed_delivery(deliveries, started)
+    assert received == task_id
+    assert delay - EARLY <= arrived <= delay + LATE
+    assert await queue.delayed() == 0
+
+
+@pytest.mark.parametrize("delay", [0.0, -1.0])
+async def test_a_publish_without_a_positive_delay_is_immediate(
+    queue: AnyQueue, delay: float
+) -> None:
+    task_id = uuid4()
+    async with queue.consume(prefetch=1) as deliveries:
+        started = time.monotonic()
+        await queue.publish(task_id, delay_seconds=delay)
+        received, arrived = await timed_delivery(deliveries, started)
+    assert received == task_id
+    assert arrived < 0.2  # well below the smallest delay bucket (0.25 s)
+    assert await queue.delayed() == 0
+
+
+async def test_delayed_messages_arrive_in_delay_order(queue: AnyQueue) -> None:
+    # Published longest first; each delay in a different bucket (see test_queue_rabbitmq for
+    # two delays sharing one).
+    delays = {uuid4(): delay for delay in (1.2, 0.3, 0.7, 0.0)}
+    async with queue.consume(prefetch=10) as deliveries:
+        started = time.monotonic()
+        for task_id, delay in delays.items():
+            await queue.publish(task_id, delay_seconds=delay)
+        arrivals = [await timed_delivery(deliveries, started) for _ in delays]
+        await assert_nothing_arrives(deliveries)
+
+    assert [task_id for task_id, _ in arrivals] == sorted(delays, key=delays.__getitem__)
+    for task_id, arrived in arrivals:
+        assert delays[task_id] - EARLY <= arrived <= delays[task_id] + LATE
+
+
+async def test_a_delayed_message_waits_without_a_consumer(queue: AnyQueue) -> None:
+    task_id = uuid4()
+    started = time.monotonic()
+    await queue.publish(task_id, delay_seconds=0.8)
+    # A consumer that comes and goes while the message waits neither gets nor loses it.
+    async with queue.consume(prefetch=1) as deliveries:
+        await assert_nothing_arrives(deliveries)
+    await eventually(queue.depth, (1, 0))
+    assert time.monotonic() - started >= 0.8 - EARLY
+
+    async with queue.consume(prefetch=1) as deliveries:
+        received, _ = await timed_delivery(deliveries, started)
+    assert received == task_id
+    await eventually(queue.depth, (0, 0))
+
+
+async def test_a_delayed_message_is_settled_like_any_other(queue: AnyQueue) -> None:
+    task_id = uuid4()
+    await queue.publish(task_id, delay_seconds=0.3)
+    async with queue.consume(prefetch=1) as deliveries:
+        first = await next_delivery(deliveries)
+        await first.requeue()
+        # Back at once: a requeue does not go through the delay again.
+        started = time.monotonic()
+        again = await next_delivery(deliveries)
+        assert time.monotonic() - started < 0.2
+        assert decode_task_id(again.body) == task_id
+        assert again.redelivered
+        await again.dead_letter()
+    await eventually(queue.depth, (0, 1))
+
+
+async def test_a_delay_that_is_not_a_number_is_refused(queue: AnyQueue) -> None:
+    with pytest.raises(ValueError, match="delay"):
+        await queue.publish(uuid4(), delay_seconds=math.nan)
+    assert await queue.delayed() == 0
+
+
+async def test_a_delayed_publish_on_a_closed_queue_raises(queue: AnyQueue) -> None:
+    await queue.close()
+    with pytest.raises(ServiceUnavailable):
+        await queue.publish(uuid4(), delay_seconds=0.3)
+
+
+async def test_closing_the_memory_queue_cancels_what_is_not_due() -> None:
+    # Nothing in a memory queue outlives it; the broker keeps its delayed messages instead.
+    queue = MemoryTaskQueue()
+    await queue.publish(uuid4(), delay_seconds=0.1)
+    assert await queue.delayed() == 1
+    await queue.close()
+    assert await queue.delayed() == 0
+    await asyncio.sleep(0.2)  # past the delay: the cancelled timer must not have fired
+    assert await queue.depth() == (0, 0)
 
 
 def test_encode_decode_round_trip() -> None:

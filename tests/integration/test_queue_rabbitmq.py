@@ -7,6 +7,7 @@ restarted: stopping the proxy is a broker that vanished, starting it again is a 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -20,8 +21,25 @@ from yarl import URL
 
 from taskwire.errors import ServiceUnavailable
 from taskwire.ports import Delivery, TaskQueue
-from taskwire.queue import CONTENT_TYPE, DELIVERY_LIMIT, decode_task_id, open_queue
-from taskwire.rabbitmq import RabbitTaskQueue, connection_url, queue_arguments
+from taskwire.queue import (
+    CONTENT_TYPE,
+    DELAY_BUCKETS_MS,
+    DELAY_STEPS_PER_OCTAVE,
+    DELIVERY_LIMIT,
+    MAX_DELAY_SECONDS,
+    decode_task_id,
+    delay_bucket_ms,
+    delay_milliseconds,
+    open_queue,
+)
+from taskwire.rabbitmq import (
+    RabbitTaskQueue,
+    connection_url,
+    delay_queue_arguments,
+    delay_queue_name,
+    delay_queue_names,
+    queue_arguments,
+)
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -92,6 +110,8 @@ async def admin(rabbitmq_url: str, name: str) -> AsyncIterator[aio_pika.abc.Abst
         await channel.queue_delete(name)
         await channel.queue_delete(f"{name}.dead")
         await channel.exchange_delete(f"{name}.dlx")
+        for delay_queue in delay_queue_names(name):
+            await channel.queue_delete(delay_queue)
 
 
 @pytest.fixture
@@ -124,6 +144,17 @@ async def declare(
 
 async def next_delivery(deliveries: AsyncIterator[Delivery], seconds: float = WAIT) -> Delivery:
     return await asyncio.wait_for(anext(deliveries), seconds)
+
+
+async def declared(
+    admin: aio_pika.abc.AbstractConnection, queue: str
+) -> aio_pika.abc.AbstractQueue:
+    """The queue as the broker sees it now (a passive declare on a fresh channel)."""
+    channel = await admin.channel()
+    try:
+        return await channel.declare_queue(queue, passive=True)
+    finally:
+        await channel.close()
 
 
 async def test_topology_is_durable_quorum_with_dead_lettering(
@@ -321,6 +352,155 @@ async def test_two_consumers_split_the_work_without_duplicates(
     assert {worker for worker, _ in received} == {1, 2}
 
 
+def test_the_delay_ladder_is_a_quarter_octave_from_250_ms_to_256_s() -> None:
+    assert DELAY_BUCKETS_MS[0] == 250
+    assert DELAY_BUCKETS_MS[-1] == 256_000 == MAX_DELAY_SECONDS * 1000
+    steps = [later / earlier for earlier, later in itertools.pairwise(DELAY_BUCKETS_MS)]
+    # 2^(1/4) = 1.189, give or take the rounding to whole milliseconds
+    assert all(1.18 < step < 1.2 for step in steps)
+    assert DELAY_BUCKETS_MS[::DELAY_STEPS_PER_OCTAVE] == tuple(250 * 2**k for k in range(11))
+
+
+@pytest.mark.parametrize(
+    ("delay", "delay_ms", "bucket"),
+    [
+        (0.0001, 1, 250),
+        (0.25, 250, 250),
+        (0.2501, 251, 297),
+        (0.7, 700, 707),
+        (1.0, 1000, 1000),
+        (1.0001, 1001, 1189),
+        (3.3, 3300, 3364),
+        (256.0, 256_000, 256_000),
+        (3600.0, 256_000, 256_000),  # capped
+        (float("inf"), 256_000, 256_000),
+    ],
+)
+def test_a_delay_is_rounded_up_to_whole_milliseconds_and_put_in_the_bucket_above(
+    delay: float, delay_ms: int, bucket: int
+) -> None:
+    assert delay_milliseconds(delay) == delay_ms
+    assert delay_bucket_ms(delay_ms) == bucket
+
+
+async def test_delay_queues_are_quorum_queues_that_dead_letter_into_the_main_queue(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection
+) -> None:
+    # Two processes starting together declare the same ladder without conflict.
+    async with open_queue(rabbitmq_url, name=name), open_queue(rabbitmq_url, name=name):
+        pass
+    for bucket in DELAY_BUCKETS_MS:
+        await declare(
+            admin, delay_queue_name(name, bucket), delay_queue_arguments(name, bucket_ms=bucket)
+        )
+    queue = delay_queue_name(name, 1000)
+    arguments = delay_queue_arguments(name, bucket_ms=1000)
+    assert arguments["x-message-ttl"] == 1000
+    for key, other in [
+        ("x-queue-type", "classic"),
+        ("x-message-ttl", 2000),
+        ("x-dead-letter-exchange", f"{name}.dlx"),
+        ("x-dead-letter-routing-key", f"{name}.dead"),
+        ("x-dead-letter-strategy", "at-most-once"),
+    ]:
+        with pytest.raises(ChannelPreconditionFailed):
+            await declare(admin, queue, {**arguments, key: other})
+
+
+async def test_delay_queues_have_no_consumers(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection
+) -> None:
+    async with open_queue(rabbitmq_url, name=name) as queue, queue.consume(prefetch=1):
+        await queue.publish(uuid4(), delay_seconds=1.0)
+        assert (await declared(admin, name)).declaration_result.consumer_count == 1
+        for delay_queue in delay_queue_names(name):
+            result = (await declared(admin, delay_queue)).declaration_result
+            assert result.consumer_count == 0, delay_queue
+        assert await rabbit(queue).delayed() == 1
+
+
+async def test_a_delayed_message_survives_closing_and_reopening(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection
+) -> None:
+    task_id = uuid4()
+    async with open_queue(rabbitmq_url, name=name) as queue:
+        started = time.monotonic()
+        await queue.publish(task_id, delay_seconds=1.5)
+    # Confirmed before publish() returned: it waits in its bucket while nobody is connected.
+    bucket = delay_queue_name(name, delay_bucket_ms(1500))
+    assert (await declared(admin, bucket)).declaration_result.message_count == 1
+    assert (await declared(admin, name)).declaration_result.message_count == 0
+
+    async with open_queue(rabbitmq_url, name=name) as queue:
+        assert time.monotonic() - started < 1.5  # reopened while it still waits
+        async with asyncio.timeout(WAIT):
+            while await rabbit(queue).depth() != (1, 0):
+                await asyncio.sleep(0.02)
+        arrived = time.monotonic() - started
+        assert await rabbit(queue).delayed() == 0
+    # Only a lower bound: how soon we look again depends on how fast the reopen was.
+    assert arrived >= 1.5
+
+    # Through the delay queue into the main queue it stayed the same persistent message, and
+    # lost its TTL on the way (or the main queue would dead-letter it as expired).
+    channel = await admin.channel()
+    raw = await (await channel.declare_queue(name, passive=True)).get(timeout=WAIT)
+    await raw.ack()
+    assert decode_task_id(raw.body) == task_id
+    assert raw.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert raw.content_type == CONTENT_TYPE
+    assert raw.expiration is None
+    assert not raw.redelivered
+    deaths = raw.headers["x-death"]
+    assert isinstance(deaths, list)
+    assert [(death["queue"], death["reason"]) for death in deaths if isinstance(death, dict)] == [
+        (bucket, "expired")
+    ]
+
+
+async def test_delays_sharing_a_bucket_leave_in_the_order_they_came(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection
+) -> None:
+    # RabbitMQ expires messages only at the head of a queue: the shorter delay, published
+    # second into the same bucket, waits for the longer one. Never early, at most a step late.
+    longer, shorter = uuid4(), uuid4()
+    assert delay_bucket_ms(950) == delay_bucket_ms(850) == 1000
+    async with (
+        open_queue(rabbitmq_url, name=name) as queue,
+        queue.consume(prefetch=2) as deliveries,
+    ):
+        started = time.monotonic()
+        await queue.publish(longer, delay_seconds=0.95)
+        await queue.publish(shorter, delay_seconds=0.85)
+        arrivals = []
+        for _ in range(2):
+            delivery = await next_delivery(deliveries)
+            arrivals.append((decode_task_id(delivery.body), time.monotonic() - started))
+            await delivery.ack()
+    assert [task_id for task_id, _ in arrivals] == [longer, shorter]
+    assert 0.95 <= arrivals[0][1] < 1.2
+    assert 0.95 <= arrivals[1][1] < 1.2
+
+
+async def test_a_reconnect_declares_the_delay_queues_again(
+    rabbitmq_url: str, name: str, admin: aio_pika.abc.AbstractConnection, proxy: Proxy
+) -> None:
+    task_id = uuid4()
+    async with open_queue(via(proxy, rabbitmq_url), name=name) as queue:
+        await proxy.stop()
+        channel = await admin.channel()
+        await channel.queue_delete(delay_queue_name(name, 500))
+        await channel.close()
+        await proxy.start()
+
+        # mandatory publishing: were the bucket still missing, this would keep failing.
+        await _publish_when_back(queue, task_id, delay_seconds=0.5)
+        async with queue.consume(prefetch=1) as deliveries:
+            delivery = await next_delivery(deliveries)
+            assert decode_task_id(delivery.body) == task_id
+            await delivery.ack()
+
+
 def test_connection_url_adds_defaults_without_overriding() -> None:
     defaults = connection_url("amqp://guest:guest@rabbit:5672/vhost")
     assert defaults.query["heartbeat"] == "30"
@@ -328,12 +508,14 @@ def test_connection_url_adds_defaults_without_overriding() -> None:
     assert connection_url("amqp://rabbit/?heartbeat=5").query["heartbeat"] == "5"
 
 
-async def _publish_when_back(queue: TaskQueue, task_id: UUID) -> None:
+async def _publish_when_back(
+    queue: TaskQueue, task_id: UUID, *, delay_seconds: float = 0.0
+) -> None:
     """Publish once the connection has recovered (each failed try is itself bounded)."""
     async with asyncio.timeout(3 * WAIT):
         while True:
             try:
-                await queue.publish(task_id)
+                await queue.publish(task_id, delay_seconds=delay_seconds)
             except ServiceUnavailable:
                 await asyncio.sleep(0.1)
             else:
