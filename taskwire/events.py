@@ -37,6 +37,7 @@ PING_INTERVAL_SECONDS = 5.0
 BACKOFF_MIN_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 2.0
 SUBSCRIBE_BATCH = 500
+WRITE_TIMEOUT_SECONDS = READ_TIMEOUT_SECONDS
 
 
 class _Inbox:
@@ -166,7 +167,11 @@ class RedisEventBus:
             health_check_interval=0,  # the listener PINGs itself, see _pump
             client_name=self.listener_name,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=READ_TIMEOUT_SECONDS,
+            # No socket timeout: redis-py would enforce it on writes with asyncio.wait_for,
+            # which on Python 3.11 can swallow a cancellation. Every read here passes its own
+            # timeout, writes run under WRITE_TIMEOUT_SECONDS and connecting under the
+            # subscribe timeout.
+            socket_timeout=None,
         )
         self._queue_size = queue_size
         self._subscribe_timeout = subscribe_timeout
@@ -177,6 +182,7 @@ class RedisEventBus:
         self._online = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def channel(self, task_id: UUID) -> bytes:
         return f"{self._prefix}:task:{task_id}".encode()
@@ -192,10 +198,14 @@ class RedisEventBus:
             self._listener = asyncio.create_task(self._listen(), name="taskwire-events")
 
     async def aclose(self) -> None:
+        self._closed = True
         tasks = [*self._sends, *([self._listener] if self._listener else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        while tasks:
+            # Again until done: a cancellation can still be swallowed inside a library.
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=0.5)
+            tasks = list(pending)
         self._listener = None
         self._online.clear()
         if self._link is not None:
@@ -231,6 +241,8 @@ class RedisEventBus:
             raise ServiceUnavailable(f"Redis events: {exc}") from exc
 
     async def _join(self, name: bytes, inbox: _Inbox) -> _Channel:
+        if self._closed:
+            raise ServiceUnavailable("Redis events: the event bus is closed")
         try:
             async with asyncio.timeout(self._subscribe_timeout):
                 link = self._link
@@ -290,12 +302,13 @@ class RedisEventBus:
                 return
             for channel in confirm:
                 link.pending.setdefault(channel.name, deque()).append(channel)
-            await link.connection.send_command(*args, check_health=False)
+            async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
+                await link.connection.send_command(*args, check_health=False)
 
     async def _listen(self) -> None:
         delay = BACKOFF_MIN_SECONDS
         failures = 0
-        while True:
+        while not self._closed:
             link: _Link | None = None
             try:
                 link = _Link(self._factory.make_connection())  # type: ignore[no-untyped-call]

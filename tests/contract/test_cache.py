@@ -166,3 +166,14 @@ async def test_memory_cache_forgets_expired_entries_nobody_reads() -> None:
 
     # Each write drops up to 8 expired entries from the front, so nothing old is left.
     assert len(cache._entries) == 20
+
+
+async def test_memory_cache_an_expired_newer_version_does_not_block_an_older_one() -> None:
+    clock = FakeClock()
+    cache = MemoryTaskCache(clock=clock)
+    newer = make_task(3)
+    await cache.put(newer, ttl_seconds=10)
+    clock.now += 10
+
+    # No get() in between, which would drop the expired entry on its own.
+    assert await cache.put(make_task(1, newer.id), ttl_seconds=10) is True
