@@ -63,6 +63,9 @@ tasks = sa.Table(
     sa.Column("result", sa.Text(), nullable=True),
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    # The budget: a claim never takes attempts past it (a retry raises it). The server default
+    # only serves rows from before migration 0002 and writers that predate it; create() sets it.
+    sa.Column("attempt_limit", sa.Integer(), nullable=False, server_default=sa.text("3")),
     sa.Column("version", sa.Integer(), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
@@ -73,7 +76,7 @@ tasks = sa.Table(
     # When the dispatcher should (re)publish the task: the outbox deadline. For a PROCESSING task
     # it follows the lease expiry.
     sa.Column("dispatch_after", UtcDateTime(), nullable=False),
-    # Reserved for idempotent createTask; unused so far.
+    # Set by an idempotent createTask; unique, so a second insert with the same key does nothing.
     sa.Column("idempotency_key", sa.String(200), nullable=True),
     sa.CheckConstraint(
         sa.column("status").in_([status.value for status in TaskStatus]),

@@ -41,6 +41,15 @@ def can_transition(source: TaskStatus, target: TaskStatus) -> bool:
     return target in TRANSITIONS[source]
 
 
+def backoff_seconds(attempt: int, *, base: float, cap: float, jitter: float) -> float:
+    """The wait before retrying after failed attempt number `attempt` (1-based): exponential,
+    capped, and spread over its upper half by `jitter` in [0, 1) so that tasks failing
+    together do not come back together."""
+    doublings = min(max(attempt - 1, 0), 32)
+    ceiling = min(cap, base * float(2**doublings))
+    return ceiling * (0.5 + jitter / 2)
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """A snapshot of one task at one version. Events and cache entries carry whole snapshots."""
@@ -56,6 +65,8 @@ class Task:
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # How many attempts this task may have in all; a retry raises it.
+    attempt_limit: int = 3
 
     @property
     def terminal(self) -> bool:
@@ -90,6 +101,7 @@ class Task:
             updated_at=datetime.fromisoformat(data["updated_at"]),
             started_at=_optional_time(data["started_at"]),
             finished_at=_optional_time(data["finished_at"]),
+            attempt_limit=int(data.get("attempt_limit", 3)),
         )
 
     def evolve(self, **changes: Any) -> Task:

@@ -15,21 +15,43 @@ class TaskStore(Protocol):
     """The source of truth. Every state change is one conditional UPDATE; a method that cannot
     apply its transition returns None and changes nothing."""
 
-    async def create(self, input_data: str) -> Task:
-        """Insert a PENDING task, version 1, attempts 0, due for re-dispatch after the grace."""
+    async def create(
+        self, input_data: str, *, attempt_limit: int, idempotency_key: str | None = None
+    ) -> tuple[Task, bool]:
+        """Insert a PENDING task, version 1, attempts 0, due for re-dispatch after the grace;
+        returns (task, True). With an idempotency key that is already taken, inserts nothing
+        and returns (the existing task, False), also under concurrent identical calls (one
+        INSERT ... ON CONFLICT DO NOTHING, then a read); the caller compares the inputs."""
 
     async def get(self, task_id: UUID) -> Task | None: ...
 
     async def claim(self, task_id: UUID, *, worker: str, lease_seconds: float) -> Task | None:
         """PENDING -> PROCESSING, or take over a PROCESSING task whose lease has expired:
         attempts+1, version+1, started_at=now, lease to `worker` until now+lease_seconds, and
-        dispatch_after = the lease expiry (so the dispatcher looks again only once it lapsed)."""
+        dispatch_after = the lease expiry (so the dispatcher looks again only once it lapsed).
+        A task whose attempts already reached attempt_limit is not claimed but given up in
+        the same statement: -> FAILED with an error saying so (the caller dead-letters)."""
 
     async def complete(self, task_id: UUID, *, attempt: int, result: str) -> Task | None:
         """PROCESSING -> COMPLETED, only if `attempt` is still the current attempt (the fence)."""
 
     async def fail(self, task_id: UUID, *, attempt: int, error: str) -> Task | None:
         """PROCESSING -> FAILED, fenced like complete()."""
+
+    async def retry_later(
+        self, task_id: UUID, *, attempt: int, error: str, delay_seconds: float
+    ) -> Task | None:
+        """PROCESSING -> PENDING after a failed attempt, fenced like complete(): keeps `error`
+        as the last error, clears the lease, dispatch_after = now + delay_seconds + the grace
+        (the delay queue brings it back first; the dispatcher is the backstop)."""
+
+    async def cancel(self, task_id: UUID) -> Task | None:
+        """PENDING -> CANCELLED (finished_at = now)."""
+
+    async def retry(self, task_id: UUID, *, extra_attempts: int) -> Task | None:
+        """FAILED -> PENDING with a new budget: attempt_limit = attempts + extra_attempts
+        (attempts never decrease: they are the fence); clears result, error and finished_at;
+        due for dispatch after the grace."""
 
     async def release(self, task_id: UUID, *, attempt: int) -> Task | None:
         """PROCESSING -> PENDING (hand a task back, e.g. at shutdown), fenced like complete()."""
@@ -111,8 +133,10 @@ class Delivery(Protocol):
 class TaskQueue(Protocol):
     """Durable work queue of task ids."""
 
-    async def publish(self, task_id: UUID) -> None:
-        """Persistent delivery; returns once the broker confirmed it, raises otherwise."""
+    async def publish(self, task_id: UUID, *, delay_seconds: float = 0.0) -> None:
+        """Persistent delivery; returns once the broker confirmed it, raises otherwise.
+        With a delay, the message reaches consumers only after about that long (a retry's
+        backoff), through delay queues on the broker, never a sleeping consumer."""
 
     def consume(self, *, prefetch: int) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]:
         """Deliveries until the context exits; at most `prefetch` unsettled at once."""

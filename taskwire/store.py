@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from taskwire.db import UtcDateTime, create_engine, tasks
@@ -24,6 +25,8 @@ from taskwire.models import Task, TaskStatus
 
 _PENDING = TaskStatus.PENDING.value
 _PROCESSING = TaskStatus.PROCESSING.value
+_FAILED = TaskStatus.FAILED.value
+_CANCELLED = TaskStatus.CANCELLED.value
 
 # The columns of a Task snapshot; _task() reads them by position.
 _SNAPSHOT = (
@@ -38,6 +41,7 @@ _SNAPSHOT = (
     tasks.c.updated_at,
     tasks.c.started_at,
     tasks.c.finished_at,
+    tasks.c.attempt_limit,
 )
 
 
@@ -47,6 +51,11 @@ def _param(name: str) -> sa.BindParameter[Any]:
 
 def _time(name: str) -> sa.BindParameter[datetime]:
     return sa.bindparam(name, type_=UtcDateTime())
+
+
+def _text(sql_literal: str) -> sa.ColumnElement[str]:
+    # Inlined rather than bound: asyncpg cannot type a parameter that is only concatenated.
+    return sa.literal_column(f"'{sql_literal}'", sa.Text())
 
 
 _NOW = "p_now"
@@ -60,20 +69,54 @@ _CURRENT_ATTEMPT = sa.and_(
 _NEXT_VERSION: Mapping[str, Any] = {"version": tasks.c.version + 1, "updated_at": _time(_NOW)}
 _NO_LEASE: Mapping[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 
-_INSERT = sa.insert(tasks)
+# Without a key ON CONFLICT never fires (NULLs are distinct), so one statement serves both cases.
+# RETURNING yields the id only when the row went in.
+_INSERTS: Mapping[str, sa.Executable] = {
+    name: dialect_insert(tasks)
+    .on_conflict_do_nothing(index_elements=[tasks.c.idempotency_key])
+    .returning(tasks.c.id)
+    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
 _GET = sa.select(*_SNAPSHOT).where(tasks.c.id == _param("p_id"))
+_GET_BY_KEY = sa.select(*_SNAPSHOT).where(tasks.c.idempotency_key == _param("p_key"))
+
+# Whether the task may have another attempt. The store keeps every PENDING task within its
+# budget (create and retry give at least one attempt, release refunds the one handed back,
+# retry_later of the last attempt fails the task instead), so only a PROCESSING task whose
+# worker was lost can run out: its claim gives it up (PROCESSING -> FAILED) in the same
+# statement, and two claimers can never both see budget left. SET expressions all read the row
+# as it was before the UPDATE (PostgreSQL and SQLite alike).
+_HAS_BUDGET = tasks.c.attempts < tasks.c.attempt_limit
+
+
+def _by_budget(another_attempt: Any, no_more: Any) -> sa.Case[Any]:
+    return sa.case((_HAS_BUDGET, another_attempt), else_=no_more)
+
+
+_GIVE_UP_ERROR = (
+    _text("Gave up after ")
+    + sa.cast(tasks.c.attempts, sa.Text())
+    # The processor cannot report its own death (kill -9, OOM) or freeze: the lease says it.
+    + _text(" attempts: the worker running it was lost.")
+)
 _CLAIM = (
     sa.update(tasks)
-    .where(tasks.c.id == _param("p_id"), sa.or_(tasks.c.status == _PENDING, _LEASE_EXPIRED))
+    .where(
+        tasks.c.id == _param("p_id"),
+        sa.or_(sa.and_(tasks.c.status == _PENDING, _HAS_BUDGET), _LEASE_EXPIRED),
+    )
     .values(
         **_NEXT_VERSION,
-        status=_PROCESSING,
-        attempts=tasks.c.attempts + 1,
-        started_at=_time(_NOW),
-        lease_owner=_param("p_worker"),
-        lease_expires_at=_time("p_lease_until"),
-        # The dispatcher has nothing to do for this task until the lease lapses.
-        dispatch_after=_time("p_lease_until"),
+        status=_by_budget(_PROCESSING, _FAILED),
+        attempts=_by_budget(tasks.c.attempts + 1, tasks.c.attempts),
+        started_at=_by_budget(_time(_NOW), tasks.c.started_at),
+        finished_at=_by_budget(sa.null(), _time(_NOW)),
+        error=_by_budget(tasks.c.error, _GIVE_UP_ERROR),
+        lease_owner=_by_budget(sa.bindparam("p_worker", type_=sa.String()), sa.null()),
+        lease_expires_at=_by_budget(_time("p_lease_until"), sa.null()),
+        # The dispatcher has nothing to do for this task until the lease lapses (nor ever, once
+        # it is FAILED: the dispatcher only looks at PENDING and PROCESSING tasks).
+        dispatch_after=_by_budget(_time("p_lease_until"), tasks.c.dispatch_after),
     )
     .returning(*_SNAPSHOT)
 )
@@ -90,11 +133,56 @@ _FINISH = (
     )
     .returning(*_SNAPSHOT)
 )
+# The last attempt cannot be retried: it fails the task instead (PROCESSING -> FAILED, with the
+# same error), so that no PENDING task is ever left without an attempt to run.
+_RETRY_LATER = (
+    sa.update(tasks)
+    .where(_CURRENT_ATTEMPT)
+    .values(
+        **_NEXT_VERSION,
+        **_NO_LEASE,
+        status=_by_budget(_PENDING, _FAILED),
+        error=_param("p_error"),
+        finished_at=_by_budget(sa.null(), _time(_NOW)),
+        dispatch_after=_by_budget(_time("p_dispatch_after"), tasks.c.dispatch_after),
+    )
+    .returning(*_SNAPSHOT)
+)
 _RELEASE = (
     sa.update(tasks)
     .where(_CURRENT_ATTEMPT)
-    # Due at once: the dispatcher republishes it on its next round.
-    .values(**_NEXT_VERSION, **_NO_LEASE, status=_PENDING, dispatch_after=_time(_NOW))
+    .values(
+        **_NEXT_VERSION,
+        **_NO_LEASE,
+        status=_PENDING,
+        # A handed-back attempt did not fail: give it back to the budget, so that a graceful
+        # shutdown never turns into "gave up". attempts still grows: it is the fence.
+        attempt_limit=tasks.c.attempt_limit + 1,
+        # Due at once: the dispatcher republishes it on its next round.
+        dispatch_after=_time(_NOW),
+    )
+    .returning(*_SNAPSHOT)
+)
+_CANCEL = (
+    sa.update(tasks)
+    .where(tasks.c.id == _param("p_id"), tasks.c.status == _PENDING)
+    .values(**_NEXT_VERSION, status=_CANCELLED, finished_at=_time(_NOW))
+    .returning(*_SNAPSHOT)
+)
+# started_at is kept: it says when the last attempt began until the next claim overwrites it.
+_RETRY = (
+    sa.update(tasks)
+    .where(tasks.c.id == _param("p_id"), tasks.c.status == _FAILED)
+    .values(
+        **_NEXT_VERSION,
+        **_NO_LEASE,
+        status=_PENDING,
+        attempt_limit=tasks.c.attempts + sa.bindparam("p_extra", type_=sa.Integer()),
+        result=None,
+        error=None,
+        finished_at=None,
+        dispatch_after=_time("p_dispatch_after"),
+    )
     .returning(*_SNAPSHOT)
 )
 # Not a state change (the snapshot is the same), so neither version nor updated_at move.
@@ -171,10 +259,15 @@ class SqlTaskStore:
             # pysqlite flips isolation levels through aiosqlite's thread on every checkout,
             # which costs more than the transaction it saves (measured: twice as slow).
             self._connect = engine.begin
+        self._insert = _INSERTS[engine.dialect.name]
         self._grace = timedelta(seconds=dispatch_grace_seconds)
         self._clock = clock
 
-    async def create(self, input_data: str) -> Task:
+    async def create(
+        self, input_data: str, *, attempt_limit: int, idempotency_key: str | None = None
+    ) -> tuple[Task, bool]:
+        if attempt_limit < 1:
+            raise ValueError("attempt_limit must be at least 1")
         now = self._clock()
         task = Task(
             id=uuid4(),
@@ -186,19 +279,28 @@ class SqlTaskStore:
             version=1,
             created_at=now,
             updated_at=now,
+            attempt_limit=attempt_limit,
         )
         values = {
             "id": task.id,
             "status": _PENDING,
             "input_data": input_data,
             "attempts": 0,
+            "attempt_limit": attempt_limit,
             "version": 1,
             "created_at": now,
             "updated_at": now,
             "dispatch_after": now + self._grace,
+            "idempotency_key": idempotency_key,
         }
-        await self._execute(_INSERT, values)
-        return task
+        if await self._execute(self._insert, values):
+            return task, True
+        # The key is taken. ON CONFLICT waited for the row's own insert to commit (PostgreSQL
+        # locks the key meanwhile) and rows are never deleted, so this read finds it.
+        existing = _task(await self._execute(_GET_BY_KEY, {"p_key": idempotency_key}))
+        if existing is None:
+            raise RuntimeError(f"idempotency key {idempotency_key!r} conflicted but has no task")
+        return existing, False
 
     async def get(self, task_id: UUID) -> Task | None:
         return _task(await self._execute(_GET, {"p_id": task_id}))
@@ -218,6 +320,36 @@ class SqlTaskStore:
 
     async def fail(self, task_id: UUID, *, attempt: int, error: str) -> Task | None:
         return await self._finish(task_id, attempt, TaskStatus.FAILED, error=error)
+
+    async def retry_later(
+        self, task_id: UUID, *, attempt: int, error: str, delay_seconds: float
+    ) -> Task | None:
+        """As in TaskStore; on the task's last attempt it fails the task instead (the
+        returned status is FAILED), since a PENDING task must always have an attempt left."""
+        now = self._clock()
+        params = {
+            "p_id": task_id,
+            "p_attempt": attempt,
+            _NOW: now,
+            "p_error": error,
+            "p_dispatch_after": now + timedelta(seconds=delay_seconds) + self._grace,
+        }
+        return _task(await self._execute(_RETRY_LATER, params))
+
+    async def cancel(self, task_id: UUID) -> Task | None:
+        return _task(await self._execute(_CANCEL, {"p_id": task_id, _NOW: self._clock()}))
+
+    async def retry(self, task_id: UUID, *, extra_attempts: int) -> Task | None:
+        if extra_attempts < 1:
+            raise ValueError("extra_attempts must be at least 1")
+        now = self._clock()
+        params = {
+            "p_id": task_id,
+            _NOW: now,
+            "p_extra": extra_attempts,
+            "p_dispatch_after": now + self._grace,
+        }
+        return _task(await self._execute(_RETRY, params))
 
     async def release(self, task_id: UUID, *, attempt: int) -> Task | None:
         params = {"p_id": task_id, "p_attempt": attempt, _NOW: self._clock()}
@@ -294,6 +426,7 @@ def _task(rows: Sequence[Sequence[Any]]) -> Task | None:
         updated_at=row[8],
         started_at=row[9],
         finished_at=row[10],
+        attempt_limit=row[11],
     )
 
 
@@ -314,11 +447,15 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 @asynccontextmanager
 async def open_store(
-    url: str, *, dispatch_grace_seconds: float, pool_size: int = 10
+    url: str,
+    *,
+    dispatch_grace_seconds: float,
+    pool_size: int = 10,
+    clock: Callable[[], datetime] = _utc_now,
 ) -> AsyncIterator[SqlTaskStore]:
     """A store on its own engine, disposed of on exit."""
     engine = create_engine(url, pool_size=pool_size)
     try:
-        yield SqlTaskStore(engine, dispatch_grace_seconds=dispatch_grace_seconds)
+        yield SqlTaskStore(engine, dispatch_grace_seconds=dispatch_grace_seconds, clock=clock)
     finally:
         await engine.dispose()

@@ -10,8 +10,9 @@ from uuid import UUID, uuid4
 import pytest
 import sqlalchemy as sa
 
-from taskwire.db import create_engine, migrate
+from taskwire.db import create_engine, migrate, tasks
 from taskwire.errors import ServiceUnavailable
+from taskwire.models import TaskStatus
 from taskwire.store import SqlTaskStore, open_store
 from tests.support.databases import fresh_postgres_database
 
@@ -36,7 +37,7 @@ async def store(database_url: str) -> AsyncIterator[SqlTaskStore]:
 
 async def test_concurrent_claims_have_exactly_one_winner(store: SqlTaskStore) -> None:
     for _ in range(5):
-        task = await store.create("payload")
+        task, _ = await store.create("payload", attempt_limit=3)
 
         claims = await asyncio.gather(
             *(store.claim(task.id, worker=f"w{n}", lease_seconds=30) for n in range(CONCURRENCY))
@@ -48,12 +49,60 @@ async def test_concurrent_claims_have_exactly_one_winner(store: SqlTaskStore) ->
         assert await store.get(task.id) == winners[0]
 
 
+async def test_concurrent_identical_creates_make_one_task(
+    store: SqlTaskStore, database_url: str
+) -> None:
+    keys = [f"key-{n}" for n in range(5)]
+    for key in keys:
+        results = await asyncio.gather(
+            *(
+                store.create("payload", attempt_limit=3, idempotency_key=key)
+                for _ in range(CONCURRENCY)
+            )
+        )
+
+        assert sum(created for _, created in results) == 1
+        assert len({task.id for task, _ in results}) == 1
+        assert {task.version for task, _ in results} == {1}
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    sa.select(tasks.c.idempotency_key, sa.func.count()).group_by(
+                        tasks.c.idempotency_key
+                    )
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    assert sorted((key, count) for key, count in rows) == [(key, 1) for key in keys]
+
+
+async def test_concurrent_claims_of_a_spent_task_give_it_up_once(store: SqlTaskStore) -> None:
+    for _ in range(5):
+        task, _ = await store.create("payload", attempt_limit=1)
+        # A lease of no length: expired at once, as if its worker had died.
+        assert await store.claim(task.id, worker="w", lease_seconds=0) is not None
+
+        claims = await asyncio.gather(
+            *(store.claim(task.id, worker=f"w{n}", lease_seconds=30) for n in range(CONCURRENCY))
+        )
+
+        winners = [claim for claim in claims if claim is not None]
+        assert len(winners) == 1
+        assert winners[0].status is TaskStatus.FAILED
+        assert (winners[0].attempts, winners[0].version) == (1, 3)
+        assert await store.get(task.id) == winners[0]
+
+
 async def test_concurrent_dispatchers_never_return_the_same_id(store: SqlTaskStore) -> None:
     for _ in range(3):
-        due: set[UUID] = {(await store.create(str(n))).id for n in range(150)}
+        due: set[UUID] = {(await store.create(str(n), attempt_limit=3))[0].id for n in range(150)}
         for _ in range(50):
             # Leases of no length: expired at once, so these are due as takeovers.
-            expired = await store.create("expired")
+            expired, _ = await store.create("expired", attempt_limit=3)
             assert await store.claim(expired.id, worker="w", lease_seconds=0) is not None
             due.add(expired.id)
 
@@ -77,7 +126,7 @@ async def test_concurrent_migrations_are_serialised(postgres_admin_url: str) -> 
                 head = await connection.scalar(sa.text("SELECT version_num FROM alembic_version"))
         finally:
             await engine.dispose()
-        assert head == "0001"
+        assert head == "0002"
 
 
 async def test_closed_port_is_service_unavailable() -> None:
@@ -93,7 +142,7 @@ async def test_closed_port_is_service_unavailable() -> None:
         with pytest.raises(ServiceUnavailable):
             await store.get(uuid4())
         with pytest.raises(ServiceUnavailable):
-            await store.create("payload")
+            await store.create("payload", attempt_limit=3)
 
 
 async def test_store_recovers_when_its_connections_are_killed(
@@ -115,5 +164,5 @@ async def test_store_recovers_when_its_connections_are_killed(
         await admin.dispose()
 
     # pool_pre_ping replaces the dead connection: the store carries on.
-    task = await store.create("after the drop")
+    task, _ = await store.create("after the drop", attempt_limit=3)
     assert await store.get(task.id) == task
