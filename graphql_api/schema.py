@@ -21,7 +21,19 @@ async def resolve_task(info: Info, id: strawberry.ID) -> TaskType | None:
 
 
 async def resolve_create_task(info: Info, input: CreateTaskInput) -> TaskType:
-    task = await service.create_task(info.context.services, input.input_data)
+    task = await service.create_task(
+        info.context.services, input.input_data, idempotency_key=input.idempotency_key
+    )
+    return TaskType.from_model(task)
+
+
+async def resolve_cancel_task(info: Info, id: strawberry.ID) -> TaskType:
+    task = await service.cancel_task(info.context.services, service.parse_task_id(id))
+    return TaskType.from_model(task)
+
+
+async def resolve_retry_task(info: Info, id: strawberry.ID) -> TaskType:
+    task = await service.retry_task(info.context.services, service.parse_task_id(id))
     return TaskType.from_model(task)
 
 
@@ -48,6 +60,16 @@ class Mutation:
     create_task: TaskType = strawberry.mutation(
         resolver=resolve_create_task,
         description="Submit work. Returns once the task is stored, queued and cached.",
+    )
+    cancel_task: TaskType = strawberry.mutation(
+        resolver=resolve_cancel_task,
+        description="PENDING -> CANCELLED. Any other state is a CONFLICT error.",
+    )
+    retry_task: TaskType = strawberry.mutation(
+        resolver=resolve_retry_task,
+        description=(
+            "FAILED -> PENDING with a new budget of attempts. Any other state is a CONFLICT error."
+        ),
     )
 
 

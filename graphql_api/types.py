@@ -48,3 +48,10 @@ class TaskType:
 @strawberry.input(name="CreateTaskInput")
 class CreateTaskInput:
     input_data: str = strawberry.field(description="The text to process.")
+    idempotency_key: str | None = strawberry.field(
+        default=None,
+        description=(
+            "Makes retrying safe: the same key with the same input returns the task it first "
+            "created; with a different input it is a CONFLICT error."
+        ),
+    )

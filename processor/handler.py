@@ -12,7 +12,7 @@ from processor.work import reverse_text
 from taskwire import service
 from taskwire.bootstrap import Services
 from taskwire.errors import ServiceUnavailable
-from taskwire.models import Task
+from taskwire.models import Task, TaskStatus
 from taskwire.ports import Delivery
 from taskwire.queue import decode_task_id
 
@@ -31,7 +31,7 @@ async def handle(services: Services, delivery: Delivery, *, worker: str) -> None
         await delivery.dead_letter()
         return
     try:
-        await process(services, task_id, worker=worker)
+        outcome = await process(services, task_id, worker=worker)
     except ServiceUnavailable as exc:
         log.warning("task %s deferred: %s", task_id, exc)
         await asyncio.sleep(UNAVAILABLE_BACKOFF_SECONDS)
@@ -40,19 +40,32 @@ async def handle(services: Services, delivery: Delivery, *, worker: str) -> None
     except asyncio.CancelledError:
         await asyncio.shield(delivery.requeue())
         raise
-    await delivery.ack()
+    if outcome is not None and outcome.status is TaskStatus.FAILED:
+        # Out of attempts: the message goes where an operator looks for what gave up.
+        await delivery.dead_letter()
+    else:
+        await delivery.ack()
 
 
-async def process(services: Services, task_id: UUID, *, worker: str) -> None:
+async def process(services: Services, task_id: UUID, *, worker: str) -> Task | None:
+    """Claim, work and finish one task; returns the state it was left in (None if this
+    delivery could not claim it)."""
     claimed = await service.claim_task(services, task_id, worker=worker)
     if claimed is None:
-        # Finished, cancelled, or held by a live lease elsewhere: a duplicate delivery.
-        log.debug("task %s not claimable; message settled", task_id)
-        return
+        # Finished, cancelled, or held by a live lease elsewhere. Rare in normal operation and
+        # worth a line when it is not: the fault tests count these.
+        log.info("duplicate delivery of task %s: not claimable, settled", task_id)
+        return None
+    if claimed.status is not TaskStatus.PROCESSING:
+        log.warning("task %s gave up: %s", task_id, claimed.error)
+        return claimed
+    settings = services.settings
     try:
         async with _heartbeat(services, claimed):
             result = await reverse_text(
-                claimed.input_data, delay_seconds=services.settings.task_delay_seconds
+                claimed.input_data,
+                delay_seconds=settings.task_delay_seconds,
+                poison_marker=settings.poison_marker,
             )
     except asyncio.CancelledError:
         # Shutting down mid-work: hand the task back so that another worker takes it now
@@ -60,13 +73,16 @@ async def process(services: Services, task_id: UUID, *, worker: str) -> None:
         await asyncio.shield(service.release_task(services, claimed))
         raise
     except Exception as exc:
-        log.exception("task %s failed on attempt %d", task_id, claimed.attempts)
-        await service.fail_task(services, claimed, f"{type(exc).__name__}: {exc}")
-        return
-    if await service.complete_task(services, claimed, result) is None:
+        log.warning("task %s attempt %d failed: %r", task_id, claimed.attempts, exc)
+        return await service.fail_attempt(services, claimed, f"{type(exc).__name__}: {exc}")
+    done = await service.complete_task(services, claimed, result)
+    if done is None:
         log.warning(
             "task %s attempt %d lost its lease; result discarded", task_id, claimed.attempts
         )
+    else:
+        log.info("task %s completed on attempt %d", task_id, claimed.attempts)
+    return done
 
 
 @asynccontextmanager

@@ -19,8 +19,6 @@ from taskwire.ports import Delivery
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_SECONDS = 30.0
-
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -43,9 +41,12 @@ async def run(services: Services, stop: asyncio.Event) -> None:
                 inflight.add(job)
                 job.add_done_callback(inflight.discard)
             # Settle what is in flight on the channel it came from, before the consumer closes.
-            await _drain(inflight)
+            await _drain(inflight, grace_seconds=services.settings.shutdown_grace_seconds)
     finally:
-        dispatcher.cancel()
+        # The dispatcher ends its round on its own once stop is set; cancelling it mid-statement
+        # could leave a transaction open on a shared connection.
+        if not stop.is_set():
+            dispatcher.cancel()
         await asyncio.gather(dispatcher, return_exceptions=True)
         log.info("processor %s stopped", worker)
 
@@ -85,11 +86,11 @@ async def _until(
         stopped.cancel()
 
 
-async def _drain(inflight: set[asyncio.Task[None]]) -> None:
+async def _drain(inflight: set[asyncio.Task[None]], *, grace_seconds: float) -> None:
     if not inflight:
         return
-    log.info("waiting for %d task(s) in flight", len(inflight))
-    _, pending = await asyncio.wait(set(inflight), timeout=SHUTDOWN_GRACE_SECONDS)
+    log.info("waiting up to %gs for %d task(s) in flight", grace_seconds, len(inflight))
+    _, pending = await asyncio.wait(set(inflight), timeout=grace_seconds)
     for job in pending:
         job.cancel()
     await asyncio.gather(*pending, return_exceptions=True)

@@ -4,12 +4,14 @@ convert the result; everything that must stay true across processes is decided h
 from __future__ import annotations
 
 import logging
+import os
+import random
 from collections.abc import AsyncGenerator
 from uuid import UUID
 
 from taskwire.bootstrap import Services
-from taskwire.errors import BadUserInput, NotFound, ServiceUnavailable
-from taskwire.models import Task
+from taskwire.errors import BadUserInput, Conflict, NotFound, ServiceUnavailable
+from taskwire.models import Task, TaskStatus, backoff_seconds
 from taskwire.ports import Resync
 
 log = logging.getLogger(__name__)
@@ -39,22 +41,82 @@ def check_input(input_data: str, *, max_bytes: int) -> None:
         raise BadUserInput("inputData must not contain NUL characters.")
 
 
-async def create_task(services: Services, input_data: str) -> Task:
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise BadUserInput(
+            f"idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long."
+        )
+
+
+async def create_task(
+    services: Services, input_data: str, *, idempotency_key: str | None = None
+) -> Task:
     """Commit the task, then publish it with a confirm, then cache it.
 
     A failed publish does not fail the request: the task is committed, and the tasks table is
-    the outbox that the dispatcher re-publishes from.
+    the outbox that the dispatcher re-publishes from. A repeated idempotency key returns the
+    task it created (in its current state) and publishes nothing.
     """
     check_input(input_data, max_bytes=services.settings.max_input_bytes)
-    task = await services.store.create(input_data)
+    check_idempotency_key(idempotency_key)
+    task, created = await services.store.create(
+        input_data,
+        attempt_limit=services.settings.max_attempts,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        if task.input_data != input_data:
+            raise Conflict("This idempotencyKey was already used with a different inputData.")
+        return task
+    if services.settings.crash_point == "after_commit":
+        # Test-only fault injection: die between the commit and the publish, as a crash would.
+        os._exit(70)
+    await _dispatch(services, task)
+    await _cache(services, task)
+    return task
+
+
+async def cancel_task(services: Services, task_id: UUID) -> Task:
+    """PENDING -> CANCELLED; a processor that receives it later skips it."""
+    task = await services.store.cancel(task_id)
+    if task is None:
+        raise await _refusal(services, task_id, "cancelled", TaskStatus.PENDING)
+    await announce(services, task)
+    return task
+
+
+async def retry_task(services: Services, task_id: UUID) -> Task:
+    """FAILED -> PENDING with a fresh budget of attempts, and back onto the queue."""
+    task = await services.store.retry(task_id, extra_attempts=services.settings.max_attempts)
+    if task is None:
+        raise await _refusal(services, task_id, "retried", TaskStatus.FAILED)
+    await announce(services, task)
+    await _dispatch(services, task)
+    return task
+
+
+async def _refusal(
+    services: Services, task_id: UUID, verb: str, required: TaskStatus
+) -> NotFound | Conflict:
+    current = await services.store.get(task_id)
+    if current is None:
+        return NotFound()
+    return Conflict(
+        f"The task is {current.status}; only a {required} task can be {verb}.",
+        status=current.status.value,
+    )
+
+
+async def _dispatch(services: Services, task: Task) -> None:
     try:
         await services.queue.publish(task.id)
     except ServiceUnavailable:
         log.warning("publish of task %s failed; the dispatcher will publish it", task.id)
     else:
         await services.store.defer_dispatch(task.id, seconds=services.settings.redispatch_seconds)
-    await _cache(services, task)
-    return task
 
 
 async def get_task(services: Services, task_id: UUID) -> Task | None:
@@ -114,10 +176,31 @@ async def complete_task(services: Services, claimed: Task, result: str) -> Task 
     return task
 
 
-async def fail_task(services: Services, claimed: Task, error: str) -> Task | None:
-    task = await services.store.fail(claimed.id, attempt=claimed.attempts, error=error)
-    if task is not None:
-        await announce(services, task)
+async def fail_attempt(services: Services, claimed: Task, error: str) -> Task | None:
+    """A failed attempt: back to PENDING and onto the queue after a backoff while the task has
+    attempts left, FAILED once it has none. None when that attempt had lost the task."""
+    settings = services.settings
+    if claimed.attempts >= claimed.attempt_limit:
+        task = await services.store.fail(claimed.id, attempt=claimed.attempts, error=error)
+        if task is not None:
+            await announce(services, task)
+        return task
+    delay = backoff_seconds(
+        claimed.attempts,
+        base=settings.retry_base_seconds,
+        cap=settings.retry_max_seconds,
+        jitter=random.random(),
+    )
+    task = await services.store.retry_later(
+        claimed.id, attempt=claimed.attempts, error=error, delay_seconds=delay
+    )
+    if task is None:
+        return None
+    await announce(services, task)
+    try:
+        await services.queue.publish(task.id, delay_seconds=delay)
+    except ServiceUnavailable:
+        log.warning("delayed publish of task %s failed; the dispatcher will publish it", task.id)
     return task
 
 

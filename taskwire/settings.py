@@ -31,6 +31,17 @@ class Settings:
     watch_recheck_seconds: float = 30.0
     # Keep-alive on websockets: legacy graphql-ws `ka` messages and WebSocket ping frames.
     keepalive_seconds: float = 10.0
+    # Attempts a task gets before it is FAILED; failed attempts are retried after an
+    # exponential backoff with jitter: base * 2^(attempt-1), capped.
+    max_attempts: int = 3
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+    # How long a stopping processor lets the work in hand finish before handing it back.
+    shutdown_grace_seconds: float = 30.0
+    # Test-only fault injection, off by default: work on an input containing `poison_marker`
+    # fails; crash_point="after_commit" kills the API between createTask's commit and publish.
+    poison_marker: str = ""
+    crash_point: str = ""
     queue_name: str = "taskwire.tasks"
     channel_prefix: str = "taskwire"
 
@@ -101,4 +112,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "redispatch_seconds": _number(0.1),
     "watch_recheck_seconds": _number(0.1),
     "keepalive_seconds": _number(0.1),
+    "max_attempts": _number(1, integer=True),
+    "retry_base_seconds": _number(0),
+    "retry_max_seconds": _number(0),
+    "shutdown_grace_seconds": _number(0),
 }

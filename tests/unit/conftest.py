@@ -22,6 +22,9 @@ def settings(tmp_path: Path) -> Settings:
         task_delay_seconds=0.05,
         watch_recheck_seconds=5.0,
         lease_seconds=5.0,
+        max_attempts=3,
+        retry_base_seconds=0.01,
+        retry_max_seconds=0.05,
     )
 
 

@@ -5,7 +5,14 @@ from uuid import uuid4
 
 import pytest
 
-from taskwire.models import TERMINAL, TRANSITIONS, Task, TaskStatus, can_transition
+from taskwire.models import (
+    TERMINAL,
+    TRANSITIONS,
+    Task,
+    TaskStatus,
+    backoff_seconds,
+    can_transition,
+)
 
 
 def make_task(**changes: object) -> Task:
@@ -74,3 +81,27 @@ def test_newer_than_compares_versions() -> None:
     assert old.evolve(version=3).newer_than(old)
     assert not old.newer_than(old)
     assert old.newer_than(None)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "jitter", "expected"),
+    [
+        (1, 0.0, 0.5),  # base 1 s, lower half of the jitter range
+        (1, 0.999999, 1.0),
+        (2, 0.0, 1.0),
+        (3, 0.5, 3.0),  # 4 s ceiling, three quarters of it
+        (10, 0.0, 30.0),  # capped at 60 s
+        (10_000, 0.0, 30.0),  # a huge attempt number neither overflows nor passes the cap
+    ],
+)
+def test_backoff_is_exponential_capped_and_jittered(
+    attempt: int, jitter: float, expected: float
+) -> None:
+    assert backoff_seconds(attempt, base=1.0, cap=60.0, jitter=jitter) == pytest.approx(expected)
+
+
+def test_snapshots_from_before_attempt_limits_still_decode() -> None:
+    task = make_task()
+    legacy = task.to_json().replace(',"attempt_limit":3', "")
+    assert "attempt_limit" not in legacy
+    assert Task.from_json(legacy) == task

@@ -78,18 +78,20 @@ async def test_an_unknown_task_id_is_settled_without_effect(services: Services) 
     assert memory_queue(services).dead_letters == []
 
 
-async def test_a_work_failure_makes_the_task_failed_with_its_error(
+async def test_a_work_failure_is_retried_then_failed_with_its_error(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(text: str, *, delay_seconds: float) -> str:
+    async def broken(text: str, *, delay_seconds: float, poison_marker: str = "") -> str:
         raise ValueError(f"cannot reverse {text!r}")
 
     monkeypatch.setattr(processor.handler, "reverse_text", broken)
     task = await service.create_task(services, "poison")
     failed = await until_status(services, task.id, TaskStatus.FAILED)
     assert failed.error == "ValueError: cannot reverse 'poison'"
+    assert failed.attempts == services.settings.max_attempts
     assert failed.result is None
     assert failed.finished_at is not None
+    await until_settled(memory_queue(services), "dead_letter", 1)
 
 
 def test_the_codec_round_trips() -> None:

@@ -24,7 +24,7 @@ from taskwire.settings import Settings
 class DownQueue:
     """A broker that is unreachable."""
 
-    async def publish(self, task_id: UUID) -> None:
+    async def publish(self, task_id: UUID, *, delay_seconds: float = 0.0) -> None:
         raise ServiceUnavailable("The broker is unavailable.")
 
     def consume(self, *, prefetch: int) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]:
