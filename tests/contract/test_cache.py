@@ -10,26 +10,11 @@ from uuid import UUID, uuid4
 import pytest
 
 from taskwire.cache import MemoryTaskCache, open_cache
-from taskwire.models import Task, TaskStatus
+from taskwire.models import TaskStatus
 from taskwire.ports import TaskCache
+from tests.support.tasks import make_task
 
 TTL = 60.0
-
-
-def make_task(version: int = 1, task_id: UUID | None = None, **changes: object) -> Task:
-    now = datetime.now(UTC)
-    task = Task(
-        id=task_id or uuid4(),
-        status=TaskStatus.PENDING,
-        input_data="hello",
-        result=None,
-        error=None,
-        attempts=0,
-        version=version,
-        created_at=now,
-        updated_at=now,
-    )
-    return task.evolve(**changes)
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import pytest
@@ -18,26 +17,12 @@ from redis.asyncio import Redis
 
 from taskwire.cache import redis_client
 from taskwire.events import RedisEventBus, open_events
-from taskwire.models import Task, TaskStatus
+from taskwire.models import Task
 from taskwire.ports import RESYNC, EventBus, Subscription
+from tests.support.tasks import make_task
 
 QUEUE_SIZE = 8
 WAIT = 5.0  # generous bound for an event that must arrive
-
-
-def make_task(version: int = 1, task_id: UUID | None = None) -> Task:
-    now = datetime.now(UTC)
-    return Task(
-        id=task_id or uuid4(),
-        status=TaskStatus.PENDING,
-        input_data="hello",
-        result=None,
-        error=None,
-        attempts=0,
-        version=version,
-        created_at=now,
-        updated_at=now,
-    )
 
 
 @dataclass

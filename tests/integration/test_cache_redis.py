@@ -3,81 +3,55 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 from redis.asyncio import Redis
 
-from taskwire.cache import RedisTaskCache, open_cache, redis_client
+from taskwire.cache import RedisTaskCache, open_cache
 from taskwire.errors import ServiceUnavailable
-from taskwire.models import Task, TaskStatus
+from tests.integration.conftest import DEAD_REDIS_URL
+from tests.support.tasks import make_task
 
 pytestmark = pytest.mark.redis
 
-# Nothing listens on port 1: connections are refused at once.
-DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
-
-
-def make_task(version: int = 1, task_id: UUID | None = None) -> Task:
-    now = datetime.now(UTC)
-    return Task(
-        id=task_id or uuid4(),
-        status=TaskStatus.PENDING,
-        input_data="hello",
-        result=None,
-        error=None,
-        attempts=0,
-        version=version,
-        created_at=now,
-        updated_at=now,
-    )
-
 
 @pytest.fixture
-async def admin(redis_url: str) -> AsyncIterator[Redis]:
-    client = redis_client(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def cache(admin: Redis) -> RedisTaskCache:
-    return RedisTaskCache(admin, prefix=f"test-{uuid4().hex}")
+def cache(redis_admin: Redis) -> RedisTaskCache:
+    return RedisTaskCache(redis_admin, prefix=f"test-{uuid4().hex}")
 
 
 async def test_an_entry_is_a_hash_of_version_and_snapshot_with_a_ttl(
-    cache: RedisTaskCache, admin: Redis
+    cache: RedisTaskCache, redis_admin: Redis
 ) -> None:
     task = make_task(4)
     await cache.put(task, ttl_seconds=30)
 
     key = cache.key(task.id)
-    assert await admin.hgetall(key) == {b"v": b"4", b"d": task.to_json().encode()}
-    assert 0 < await admin.pttl(key) <= 30_000
+    assert await redis_admin.hgetall(key) == {b"v": b"4", b"d": task.to_json().encode()}
+    assert 0 < await redis_admin.pttl(key) <= 30_000
 
 
 async def test_rewriting_the_same_version_refreshes_the_ttl(
-    cache: RedisTaskCache, admin: Redis
+    cache: RedisTaskCache, redis_admin: Redis
 ) -> None:
     task = make_task(2)
     await cache.put(task, ttl_seconds=1)
 
     await cache.put(task, ttl_seconds=60)
 
-    assert await admin.pttl(cache.key(task.id)) > 50_000
+    assert await redis_admin.pttl(cache.key(task.id)) > 50_000
 
 
-async def test_a_refused_put_leaves_the_ttl_alone(cache: RedisTaskCache, admin: Redis) -> None:
+async def test_a_refused_put_leaves_the_ttl_alone(
+    cache: RedisTaskCache, redis_admin: Redis
+) -> None:
     task = make_task(2)
     await cache.put(task, ttl_seconds=1)
 
     assert await cache.put(make_task(1, task.id), ttl_seconds=60) is False
 
-    assert await admin.pttl(cache.key(task.id)) <= 1000
+    assert await redis_admin.pttl(cache.key(task.id)) <= 1000
 
 
 @pytest.mark.parametrize(
@@ -90,49 +64,51 @@ async def test_a_refused_put_leaves_the_ttl_alone(cache: RedisTaskCache, admin: 
     ],
 )
 async def test_a_corrupt_snapshot_is_a_miss_and_is_deleted(
-    cache: RedisTaskCache, admin: Redis, corrupt: dict[str, str | bytes]
+    cache: RedisTaskCache, redis_admin: Redis, corrupt: dict[str, str | bytes]
 ) -> None:
     task_id = uuid4()
     key = cache.key(task_id)
-    await admin.hset(key, mapping=corrupt)  # type: ignore[arg-type]
+    await redis_admin.hset(key, mapping=corrupt)  # type: ignore[arg-type]
 
     assert await cache.get(task_id) is None
 
-    assert await admin.exists(key) == 0
+    assert await redis_admin.exists(key) == 0
 
 
 async def test_another_tasks_snapshot_under_the_key_is_a_miss(
-    cache: RedisTaskCache, admin: Redis
+    cache: RedisTaskCache, redis_admin: Redis
 ) -> None:
     task_id = uuid4()
     key = cache.key(task_id)
-    await admin.hset(key, mapping={"v": "1", "d": make_task().to_json()})
+    await redis_admin.hset(key, mapping={"v": "1", "d": make_task().to_json()})
 
     assert await cache.get(task_id) is None
 
-    assert await admin.exists(key) == 0
+    assert await redis_admin.exists(key) == 0
 
 
 async def test_a_key_of_another_type_is_a_miss_and_is_deleted(
-    cache: RedisTaskCache, admin: Redis
+    cache: RedisTaskCache, redis_admin: Redis
 ) -> None:
     task_id = uuid4()
     key = cache.key(task_id)
-    await admin.set(key, "garbage")
+    await redis_admin.set(key, "garbage")
 
     assert await cache.get(task_id) is None
 
-    assert await admin.exists(key) == 0
+    assert await redis_admin.exists(key) == 0
 
 
 @pytest.mark.parametrize("kind", ["string", "bad-version"])
-async def test_put_replaces_a_corrupt_entry(cache: RedisTaskCache, admin: Redis, kind: str) -> None:
+async def test_put_replaces_a_corrupt_entry(
+    cache: RedisTaskCache, redis_admin: Redis, kind: str
+) -> None:
     task = make_task(1)
     key = cache.key(task.id)
     if kind == "string":
-        await admin.set(key, "garbage")
+        await redis_admin.set(key, "garbage")
     else:
-        await admin.hset(key, mapping={"v": "not a number", "d": "{"})
+        await redis_admin.hset(key, mapping={"v": "not a number", "d": "{"})
 
     assert await cache.put(task, ttl_seconds=30) is True
 

@@ -10,18 +10,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from urllib.parse import urlsplit
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 from redis.asyncio import Redis
 
-from taskwire.cache import redis_client
 from taskwire.errors import ServiceUnavailable
 from taskwire.events import RedisEventBus
-from taskwire.models import Task, TaskStatus
+from taskwire.models import Task
 from taskwire.ports import RESYNC, Subscription
+from tests.integration.conftest import DEAD_REDIS_URL
+from tests.support.tasks import make_task
 
 pytestmark = pytest.mark.redis
 
@@ -29,32 +29,6 @@ WAIT = 5.0
 # Waits for a RESYNC that a reconnect must cause: long enough that a RESYNC from the timeout
 # running out is told apart by the time it took (see expect_resync).
 RESYNC_WAIT = 20.0
-# Nothing listens on port 1: connections are refused at once.
-DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
-
-
-def make_task(version: int = 1, task_id: UUID | None = None) -> Task:
-    now = datetime.now(UTC)
-    return Task(
-        id=task_id or uuid4(),
-        status=TaskStatus.PENDING,
-        input_data="hello",
-        result=None,
-        error=None,
-        attempts=0,
-        version=version,
-        created_at=now,
-        updated_at=now,
-    )
-
-
-@pytest.fixture
-async def admin(redis_url: str) -> AsyncIterator[Redis]:
-    client = redis_client(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
@@ -67,20 +41,20 @@ async def bus(redis_url: str) -> AsyncIterator[RedisEventBus]:
         await events.aclose()
 
 
-async def listener_ids(admin: Redis, bus: RedisEventBus) -> list[str]:
-    clients = await admin.client_list(_type="pubsub")
+async def listener_ids(redis_admin: Redis, bus: RedisEventBus) -> list[str]:
+    clients = await redis_admin.client_list(_type="pubsub")
     return [client["id"] for client in clients if client["name"] == bus.listener_name]
 
 
-async def kill_listener(admin: Redis, bus: RedisEventBus) -> str:
-    [client_id] = await listener_ids(admin, bus)
-    assert await admin.client_kill_filter(_id=client_id) == 1
+async def kill_listener(redis_admin: Redis, bus: RedisEventBus) -> str:
+    [client_id] = await listener_ids(redis_admin, bus)
+    assert await redis_admin.client_kill_filter(_id=client_id) == 1
     return client_id
 
 
-async def wait_for_new_listener(admin: Redis, bus: RedisEventBus, old_id: str) -> None:
+async def wait_for_new_listener(redis_admin: Redis, bus: RedisEventBus, old_id: str) -> None:
     async with asyncio.timeout(WAIT):
-        while (await listener_ids(admin, bus)) in ([], [old_id]):
+        while (await listener_ids(redis_admin, bus)) in ([], [old_id]):
             await asyncio.sleep(0.02)
 
 
@@ -93,11 +67,11 @@ async def expect_resync(subscription: Subscription) -> None:
 
 
 async def test_after_the_connection_is_killed_subscribers_resync_then_receive(
-    bus: RedisEventBus, admin: Redis
+    bus: RedisEventBus, redis_admin: Redis
 ) -> None:
     first, second = make_task(), make_task()
     async with bus.subscribe(first.id) as one, bus.subscribe(second.id) as other:
-        await kill_listener(admin, bus)
+        await kill_listener(redis_admin, bus)
 
         await expect_resync(one)
         await expect_resync(other)
@@ -106,17 +80,17 @@ async def test_after_the_connection_is_killed_subscribers_resync_then_receive(
         await bus.publish(second.evolve(version=2))
         assert await one.get(WAIT) == first.evolve(version=2)
         assert await other.get(WAIT) == second.evolve(version=2)
-        [_listener] = await listener_ids(admin, bus)
-        [(_, count)] = await admin.pubsub_numsub(bus.channel(first.id))
+        [_listener] = await listener_ids(redis_admin, bus)
+        [(_, count)] = await redis_admin.pubsub_numsub(bus.channel(first.id))
         assert count == 1
 
 
 async def test_resync_comes_only_once_the_channel_is_subscribed_again(
-    bus: RedisEventBus, admin: Redis
+    bus: RedisEventBus, redis_admin: Redis
 ) -> None:
     task = make_task()
     async with bus.subscribe(task.id) as subscription:
-        await kill_listener(admin, bus)
+        await kill_listener(redis_admin, bus)
         await expect_resync(subscription)
 
         # What a subscriber does on RESYNC is re-read the state; anything published after
@@ -126,28 +100,28 @@ async def test_resync_comes_only_once_the_channel_is_subscribed_again(
         assert await subscription.get(WAIT) == task.evolve(version=2)
 
 
-async def test_it_survives_repeated_kills(bus: RedisEventBus, admin: Redis) -> None:
+async def test_it_survives_repeated_kills(bus: RedisEventBus, redis_admin: Redis) -> None:
     task = make_task()
     async with bus.subscribe(task.id) as subscription:
         for version in range(2, 6):
-            await kill_listener(admin, bus)
+            await kill_listener(redis_admin, bus)
             await expect_resync(subscription)
             await bus.publish(task.evolve(version=version))
             assert await subscription.get(WAIT) == task.evolve(version=version)
 
 
 async def test_subscribing_during_a_reconnect_waits_for_it(
-    bus: RedisEventBus, admin: Redis
+    bus: RedisEventBus, redis_admin: Redis
 ) -> None:
     task = make_task()
     async with bus.subscribe(uuid4()):
-        old_id = await kill_listener(admin, bus)
+        old_id = await kill_listener(redis_admin, bus)
 
         async with bus.subscribe(task.id) as subscription:
             await bus.publish(task)
 
             assert await subscription.get(WAIT) == task
-        await wait_for_new_listener(admin, bus, old_id)
+        await wait_for_new_listener(redis_admin, bus, old_id)
 
 
 async def test_subscribe_then_publish_never_loses_the_first_event(bus: RedisEventBus) -> None:
@@ -176,10 +150,10 @@ async def test_concurrent_subscribe_then_publish_never_loses_the_first_event(
             group.create_task(round_trip(n))
 
 
-async def test_a_malformed_message_is_dropped(bus: RedisEventBus, admin: Redis) -> None:
+async def test_a_malformed_message_is_dropped(bus: RedisEventBus, redis_admin: Redis) -> None:
     task = make_task()
     async with bus.subscribe(task.id) as subscription:
-        await admin.publish(bus.channel(task.id), b"{not a task")
+        await redis_admin.publish(bus.channel(task.id), b"{not a task")
         await bus.publish(task)
 
         assert await subscription.get(WAIT) == task
@@ -202,11 +176,13 @@ async def test_an_unreachable_redis_fails_subscribe_and_publish_within_bounds() 
         await bus.aclose()
 
 
-async def test_closing_ends_the_listener_even_mid_reconnect(redis_url: str, admin: Redis) -> None:
+async def test_closing_ends_the_listener_even_mid_reconnect(
+    redis_url: str, redis_admin: Redis
+) -> None:
     bus = RedisEventBus(redis_url, prefix=f"test-{uuid4().hex}")
     await bus.start()
     async with bus.subscribe(uuid4()):
-        await kill_listener(admin, bus)
+        await kill_listener(redis_admin, bus)
         async with asyncio.timeout(WAIT):
             await bus.aclose()
 
@@ -287,7 +263,9 @@ async def test_a_connection_that_stops_answering_is_replaced(redis_url: str) -> 
             await bus.aclose()
 
 
-async def test_subscribe_returns_only_once_redis_confirmed_it(redis_url: str, admin: Redis) -> None:
+async def test_subscribe_returns_only_once_redis_confirmed_it(
+    redis_url: str, redis_admin: Redis
+) -> None:
     # The bus talks to Redis through a slow link while the event is published directly: a
     # subscribe() that returned before Redis had the SUBSCRIBE would miss it.
     async with Proxy(redis_url, latency=0.05) as proxy:
@@ -297,7 +275,7 @@ async def test_subscribe_returns_only_once_redis_confirmed_it(redis_url: str, ad
             for _ in range(3):
                 task = make_task()
                 async with bus.subscribe(task.id) as subscription:
-                    await admin.publish(bus.channel(task.id), task.to_json())
+                    await redis_admin.publish(bus.channel(task.id), task.to_json())
 
                     assert await subscription.get(WAIT) == task
         finally:
