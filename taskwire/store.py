@@ -1,8 +1,7 @@
 """SqlTaskStore: the source of truth on SQLAlchemy Core (PostgreSQL or SQLite).
 
 Every transition is one conditional `UPDATE ... RETURNING`; when its WHERE does not match, the
-method returns None and nothing changed. Statements are built once (below) and executed with
-parameters, so a call costs no statement construction and no cache-key generation.
+method returns None and nothing changed. The statements themselves are in taskwire.statements.
 """
 
 from __future__ import annotations
@@ -16,211 +15,12 @@ from uuid import UUID, uuid4
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from taskwire.db import UtcDateTime, create_engine, tasks
+from taskwire import statements
+from taskwire.db import create_engine
 from taskwire.errors import ServiceUnavailable
 from taskwire.models import Task, TaskStatus
-
-_PENDING = TaskStatus.PENDING.value
-_PROCESSING = TaskStatus.PROCESSING.value
-_FAILED = TaskStatus.FAILED.value
-_CANCELLED = TaskStatus.CANCELLED.value
-
-# The columns of a Task snapshot; _task() reads them by position.
-_SNAPSHOT = (
-    tasks.c.id,
-    tasks.c.status,
-    tasks.c.input_data,
-    tasks.c.result,
-    tasks.c.error,
-    tasks.c.attempts,
-    tasks.c.version,
-    tasks.c.created_at,
-    tasks.c.updated_at,
-    tasks.c.started_at,
-    tasks.c.finished_at,
-    tasks.c.attempt_limit,
-)
-
-
-def _param(name: str) -> sa.BindParameter[Any]:
-    return sa.bindparam(name)
-
-
-def _time(name: str) -> sa.BindParameter[datetime]:
-    return sa.bindparam(name, type_=UtcDateTime())
-
-
-def _text(sql_literal: str) -> sa.ColumnElement[str]:
-    # Inlined rather than bound: asyncpg cannot type a parameter that is only concatenated.
-    return sa.literal_column(f"'{sql_literal}'", sa.Text())
-
-
-_NOW = "p_now"
-_LEASE_EXPIRED = sa.and_(tasks.c.status == _PROCESSING, tasks.c.lease_expires_at < _time(_NOW))
-_CURRENT_ATTEMPT = sa.and_(
-    tasks.c.id == _param("p_id"),
-    tasks.c.status == _PROCESSING,
-    tasks.c.attempts == _param("p_attempt"),
-)
-# Every state change bumps the version: caches and subscribers order snapshots by it.
-_NEXT_VERSION: Mapping[str, Any] = {"version": tasks.c.version + 1, "updated_at": _time(_NOW)}
-_NO_LEASE: Mapping[str, Any] = {"lease_owner": None, "lease_expires_at": None}
-
-# Without a key ON CONFLICT never fires (NULLs are distinct), so one statement serves both cases.
-# RETURNING yields the id only when the row went in.
-_INSERTS: Mapping[str, sa.Executable] = {
-    name: dialect_insert(tasks)
-    .on_conflict_do_nothing(index_elements=[tasks.c.idempotency_key])
-    .returning(tasks.c.id)
-    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
-}
-_GET = sa.select(*_SNAPSHOT).where(tasks.c.id == _param("p_id"))
-_GET_BY_KEY = sa.select(*_SNAPSHOT).where(tasks.c.idempotency_key == _param("p_key"))
-
-# Whether the task may have another attempt. The store keeps every PENDING task within its
-# budget (create and retry give at least one attempt, release refunds the one handed back,
-# retry_later of the last attempt fails the task instead), so only a PROCESSING task whose
-# worker was lost can run out: its claim gives it up (PROCESSING -> FAILED) in the same
-# statement, and two claimers can never both see budget left. SET expressions all read the row
-# as it was before the UPDATE (PostgreSQL and SQLite alike).
-_HAS_BUDGET = tasks.c.attempts < tasks.c.attempt_limit
-
-
-def _by_budget(another_attempt: Any, no_more: Any) -> sa.Case[Any]:
-    return sa.case((_HAS_BUDGET, another_attempt), else_=no_more)
-
-
-_GIVE_UP_ERROR = (
-    _text("Gave up after ")
-    + sa.cast(tasks.c.attempts, sa.Text())
-    # The processor cannot report its own death (kill -9, OOM) or freeze: the lease says it.
-    + _text(" attempts: the worker running it was lost.")
-)
-_CLAIM = (
-    sa.update(tasks)
-    .where(
-        tasks.c.id == _param("p_id"),
-        sa.or_(sa.and_(tasks.c.status == _PENDING, _HAS_BUDGET), _LEASE_EXPIRED),
-    )
-    .values(
-        **_NEXT_VERSION,
-        status=_by_budget(_PROCESSING, _FAILED),
-        attempts=_by_budget(tasks.c.attempts + 1, tasks.c.attempts),
-        started_at=_by_budget(_time(_NOW), tasks.c.started_at),
-        finished_at=_by_budget(sa.null(), _time(_NOW)),
-        error=_by_budget(tasks.c.error, _GIVE_UP_ERROR),
-        lease_owner=_by_budget(sa.bindparam("p_worker", type_=sa.String()), sa.null()),
-        lease_expires_at=_by_budget(_time("p_lease_until"), sa.null()),
-        # The dispatcher has nothing to do for this task until the lease lapses (nor ever, once
-        # it is FAILED: the dispatcher only looks at PENDING and PROCESSING tasks).
-        dispatch_after=_by_budget(_time("p_lease_until"), tasks.c.dispatch_after),
-    )
-    .returning(*_SNAPSHOT)
-)
-_FINISH = (
-    sa.update(tasks)
-    .where(_CURRENT_ATTEMPT)
-    .values(
-        **_NEXT_VERSION,
-        **_NO_LEASE,
-        status=_param("p_status"),
-        result=_param("p_result"),
-        error=_param("p_error"),
-        finished_at=_time(_NOW),
-    )
-    .returning(*_SNAPSHOT)
-)
-# The last attempt cannot be retried: it fails the task instead (PROCESSING -> FAILED, with the
-# same error), so that no PENDING task is ever left without an attempt to run.
-_RETRY_LATER = (
-    sa.update(tasks)
-    .where(_CURRENT_ATTEMPT)
-    .values(
-        **_NEXT_VERSION,
-        **_NO_LEASE,
-        status=_by_budget(_PENDING, _FAILED),
-        error=_param("p_error"),
-        finished_at=_by_budget(sa.null(), _time(_NOW)),
-        dispatch_after=_by_budget(_time("p_dispatch_after"), tasks.c.dispatch_after),
-    )
-    .returning(*_SNAPSHOT)
-)
-_RELEASE = (
-    sa.update(tasks)
-    .where(_CURRENT_ATTEMPT)
-    .values(
-        **_NEXT_VERSION,
-        **_NO_LEASE,
-        status=_PENDING,
-        # A handed-back attempt did not fail: give it back to the budget, so that a graceful
-        # shutdown never turns into "gave up". attempts still grows: it is the fence.
-        attempt_limit=tasks.c.attempt_limit + 1,
-        # Due at once: the dispatcher republishes it on its next round.
-        dispatch_after=_time(_NOW),
-    )
-    .returning(*_SNAPSHOT)
-)
-_CANCEL = (
-    sa.update(tasks)
-    .where(tasks.c.id == _param("p_id"), tasks.c.status == _PENDING)
-    .values(**_NEXT_VERSION, status=_CANCELLED, finished_at=_time(_NOW))
-    .returning(*_SNAPSHOT)
-)
-# started_at is kept: it says when the last attempt began until the next claim overwrites it.
-_RETRY = (
-    sa.update(tasks)
-    .where(tasks.c.id == _param("p_id"), tasks.c.status == _FAILED)
-    .values(
-        **_NEXT_VERSION,
-        **_NO_LEASE,
-        status=_PENDING,
-        attempt_limit=tasks.c.attempts + sa.bindparam("p_extra", type_=sa.Integer()),
-        result=None,
-        error=None,
-        finished_at=None,
-        dispatch_after=_time("p_dispatch_after"),
-    )
-    .returning(*_SNAPSHOT)
-)
-# Not a state change (the snapshot is the same), so neither version nor updated_at move.
-_HEARTBEAT = (
-    sa.update(tasks)
-    .where(_CURRENT_ATTEMPT)
-    .values(lease_expires_at=_time("p_lease_until"), dispatch_after=_time("p_lease_until"))
-    .returning(tasks.c.id)
-)
-# Also not a state change. Only a task waiting for dispatch (claimable) is deferred: one claimed
-# before its publish was even confirmed keeps its deadline at its lease expiry.
-_DEFER = (
-    sa.update(tasks)
-    .where(tasks.c.id == _param("p_id"), sa.or_(tasks.c.status == _PENDING, _LEASE_EXPIRED))
-    .values(dispatch_after=_time("p_dispatch_after"))
-)
-# An expired lease counts only once its dispatch deadline passed too (claim and heartbeat keep
-# the deadline at the lease expiry): pushing the deadline is what keeps a takeover from being
-# republished on every round, and what PostgreSQL re-checks when a row changed under a concurrent
-# dispatcher's snapshot, so two dispatchers never return the same id.
-_DUE = (
-    sa.select(tasks.c.id)
-    .where(
-        tasks.c.dispatch_after <= _time(_NOW),
-        sa.or_(tasks.c.status == _PENDING, _LEASE_EXPIRED),
-    )
-    .order_by(tasks.c.dispatch_after)
-    .limit(_param("p_limit"))
-    # Rendered on PostgreSQL only; SQLite runs one writer at a time anyway.
-    .with_for_update(skip_locked=True)
-)
-_DISPATCH = (
-    sa.update(tasks)
-    .where(tasks.c.id.in_(_DUE.scalar_subquery()))
-    .values(dispatch_after=_time("p_dispatch_after"))
-    .returning(tasks.c.id)
-)
-_PING = sa.select(sa.literal(1))
 
 # Driver errors that mean "no usable connection" rather than "this statement is wrong".
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -259,7 +59,7 @@ class SqlTaskStore:
             # pysqlite flips isolation levels through aiosqlite's thread on every checkout,
             # which costs more than the transaction it saves (measured: twice as slow).
             self._connect = engine.begin
-        self._insert = _INSERTS[engine.dialect.name]
+        self._insert = statements.INSERTS[engine.dialect.name]
         self._grace = timedelta(seconds=dispatch_grace_seconds)
         self._clock = clock
 
@@ -283,7 +83,7 @@ class SqlTaskStore:
         )
         values = {
             "id": task.id,
-            "status": _PENDING,
+            "status": statements.PENDING,
             "input_data": input_data,
             "attempts": 0,
             "attempt_limit": attempt_limit,
@@ -297,23 +97,23 @@ class SqlTaskStore:
             return task, True
         # The key is taken. ON CONFLICT waited for the row's own insert to commit (PostgreSQL
         # locks the key meanwhile) and rows are never deleted, so this read finds it.
-        existing = _task(await self._execute(_GET_BY_KEY, {"p_key": idempotency_key}))
+        existing = _task(await self._execute(statements.GET_BY_KEY, {"p_key": idempotency_key}))
         if existing is None:
             raise RuntimeError(f"idempotency key {idempotency_key!r} conflicted but has no task")
         return existing, False
 
     async def get(self, task_id: UUID) -> Task | None:
-        return _task(await self._execute(_GET, {"p_id": task_id}))
+        return _task(await self._execute(statements.GET, {"p_id": task_id}))
 
     async def claim(self, task_id: UUID, *, worker: str, lease_seconds: float) -> Task | None:
         now = self._clock()
         params = {
             "p_id": task_id,
-            _NOW: now,
+            statements.NOW: now,
             "p_worker": worker,
             "p_lease_until": now + timedelta(seconds=lease_seconds),
         }
-        return _task(await self._execute(_CLAIM, params))
+        return _task(await self._execute(statements.CLAIM, params))
 
     async def complete(self, task_id: UUID, *, attempt: int, result: str) -> Task | None:
         return await self._finish(task_id, attempt, TaskStatus.COMPLETED, result=result)
@@ -330,14 +130,16 @@ class SqlTaskStore:
         params = {
             "p_id": task_id,
             "p_attempt": attempt,
-            _NOW: now,
+            statements.NOW: now,
             "p_error": error,
             "p_dispatch_after": now + timedelta(seconds=delay_seconds) + self._grace,
         }
-        return _task(await self._execute(_RETRY_LATER, params))
+        return _task(await self._execute(statements.RETRY_LATER, params))
 
     async def cancel(self, task_id: UUID) -> Task | None:
-        return _task(await self._execute(_CANCEL, {"p_id": task_id, _NOW: self._clock()}))
+        return _task(
+            await self._execute(statements.CANCEL, {"p_id": task_id, statements.NOW: self._clock()})
+        )
 
     async def retry(self, task_id: UUID, *, extra_attempts: int) -> Task | None:
         if extra_attempts < 1:
@@ -345,37 +147,41 @@ class SqlTaskStore:
         now = self._clock()
         params = {
             "p_id": task_id,
-            _NOW: now,
+            statements.NOW: now,
             "p_extra": extra_attempts,
             "p_dispatch_after": now + self._grace,
         }
-        return _task(await self._execute(_RETRY, params))
+        return _task(await self._execute(statements.RETRY, params))
 
     async def release(self, task_id: UUID, *, attempt: int) -> Task | None:
-        params = {"p_id": task_id, "p_attempt": attempt, _NOW: self._clock()}
-        return _task(await self._execute(_RELEASE, params))
+        params = {"p_id": task_id, "p_attempt": attempt, statements.NOW: self._clock()}
+        return _task(await self._execute(statements.RELEASE, params))
 
     async def heartbeat(self, task_id: UUID, *, attempt: int, lease_seconds: float) -> bool:
         lease_until = self._clock() + timedelta(seconds=lease_seconds)
         params = {"p_id": task_id, "p_attempt": attempt, "p_lease_until": lease_until}
-        return bool(await self._execute(_HEARTBEAT, params))
+        return bool(await self._execute(statements.HEARTBEAT, params))
 
     async def due_for_dispatch(self, *, limit: int, grace_seconds: float) -> list[UUID]:
         now = self._clock()
         params = {
-            _NOW: now,
+            statements.NOW: now,
             "p_limit": limit,
             "p_dispatch_after": now + timedelta(seconds=grace_seconds),
         }
-        return [row[0] for row in await self._execute(_DISPATCH, params)]
+        return [row[0] for row in await self._execute(statements.DISPATCH, params)]
 
     async def defer_dispatch(self, task_id: UUID, *, seconds: float) -> None:
         now = self._clock()
-        params = {"p_id": task_id, _NOW: now, "p_dispatch_after": now + timedelta(seconds=seconds)}
-        await self._execute(_DEFER, params)
+        params = {
+            "p_id": task_id,
+            statements.NOW: now,
+            "p_dispatch_after": now + timedelta(seconds=seconds),
+        }
+        await self._execute(statements.DEFER, params)
 
     async def ping(self) -> None:
-        await self._execute(_PING, {})
+        await self._execute(statements.PING, {})
 
     async def _finish(
         self,
@@ -389,12 +195,12 @@ class SqlTaskStore:
         params = {
             "p_id": task_id,
             "p_attempt": attempt,
-            _NOW: self._clock(),
+            statements.NOW: self._clock(),
             "p_status": status.value,
             "p_result": result,
             "p_error": error,
         }
-        return _task(await self._execute(_FINISH, params))
+        return _task(await self._execute(statements.FINISH, params))
 
     async def _execute(
         self, statement: sa.Executable, params: Mapping[str, Any]
