@@ -16,9 +16,10 @@ import pytest
 from redis.asyncio import Redis
 
 from taskwire.cache import redis_client
-from taskwire.events import RedisEventBus, open_events
+from taskwire.events import open_events
 from taskwire.models import Task
 from taskwire.ports import RESYNC, EventBus, Subscription
+from taskwire.redis_events import RedisEventBus
 from tests.support.tasks import make_task
 
 QUEUE_SIZE = 8

@@ -17,9 +17,9 @@ import pytest
 from redis.asyncio import Redis
 
 from taskwire.errors import ServiceUnavailable
-from taskwire.events import RedisEventBus
 from taskwire.models import Task
 from taskwire.ports import RESYNC, Subscription
+from taskwire.redis_events import RedisEventBus
 from tests.integration.conftest import DEAD_REDIS_URL
 from tests.support.tasks import make_task
 
