@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.databases import fresh_postgres_database
 from tests.support.processes import (
+    ApiAddress,
     TaskwireProcess,
     free_port,
     run_to_completion,
@@ -23,24 +24,12 @@ TASK_DELAY_SECONDS = "1"
 
 
 @dataclass
-class Deployment:
+class Deployment(ApiAddress):
     env: dict[str, str]
     workdir: Path
     port: int
     api: TaskwireProcess
     processors: list[TaskwireProcess] = field(default_factory=list)
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/graphql"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/graphql"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def start_api(self) -> None:
         self.api.start()

@@ -18,6 +18,9 @@ from tests.faults.schedule import SEED_VARIABLE, FaultPlan, fault_seed
 from tests.faults.traffic import Traffic
 from tests.servers import Server, ServerPool
 
+# Every scenario breaks real servers and needs all three.
+FAULT_MARKS = (pytest.mark.faults, pytest.mark.postgres, pytest.mark.redis, pytest.mark.rabbitmq)
+
 VERDICTS = pytest.StashKey[list[Verdict]]()
 SEED = pytest.StashKey[tuple[int, bool]]()
 

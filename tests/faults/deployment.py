@@ -22,6 +22,7 @@ from tests.faults.probes import Broker, TaskTable, poll
 from tests.servers import Server
 from tests.support.databases import fresh_postgres_database
 from tests.support.processes import (
+    ApiAddress,
     TaskwireProcess,
     free_port,
     run_to_completion,
@@ -66,7 +67,7 @@ class FaultServers:
                 server.start()
 
 
-class FaultDeployment:
+class FaultDeployment(ApiAddress):
     """`taskwire api` + two `taskwire processor` on private servers, with a database, queue
     and channel prefix of their own. Logs go to `workdir`; processes are stopped by pid."""
 
@@ -101,18 +102,6 @@ class FaultDeployment:
         self._stack = AsyncExitStack()
 
     # ---------------------------------------------------------------- lifecycle
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/graphql"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/graphql"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def start(self, *, api_env: Mapping[str, str] | None = None) -> None:
         """Fresh database, migrated; both processors consuming; the API ready."""

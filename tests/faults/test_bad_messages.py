@@ -11,15 +11,12 @@ import uuid
 
 import pytest
 
-from tests.faults.conftest import FaultRun
+from tests.faults.conftest import FAULT_MARKS, FaultRun
 from tests.faults.deployment import POISON_MARKER, TIMINGS
 from tests.faults.probes import poll_async
 
 pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.postgres,
-    pytest.mark.redis,
-    pytest.mark.rabbitmq,
+    *FAULT_MARKS,
     pytest.mark.timeout(120),
 ]
 

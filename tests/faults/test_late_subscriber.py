@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.conftest import FaultRun
+from tests.faults.conftest import FAULT_MARKS, FaultRun
 from tests.faults.probes import poll_async
 from tests.faults.traffic import follow_late
 from tests.support.client import SUBPROTOCOLS
 
 pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.postgres,
-    pytest.mark.redis,
-    pytest.mark.rabbitmq,
+    *FAULT_MARKS,
     pytest.mark.timeout(90),
 ]
 

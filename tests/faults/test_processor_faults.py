@@ -9,17 +9,14 @@ import signal
 
 import pytest
 
-from tests.faults.conftest import FaultRun
+from tests.faults.conftest import FAULT_MARKS, FaultRun
 from tests.faults.deployment import FaultDeployment
 from tests.faults.probes import Row
 from tests.faults.schedule import FaultPlan
 from tests.faults.traffic import Traffic
 
 pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.postgres,
-    pytest.mark.redis,
-    pytest.mark.rabbitmq,
+    *FAULT_MARKS,
     pytest.mark.timeout(120),
 ]
 

@@ -9,16 +9,13 @@ import asyncio
 
 import pytest
 
-from tests.faults.conftest import FaultRun
+from tests.faults.conftest import FAULT_MARKS, FaultRun
 from tests.faults.deployment import FaultDeployment
 from tests.faults.traffic import Traffic
 from tests.servers import Server
 
 pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.postgres,
-    pytest.mark.redis,
-    pytest.mark.rabbitmq,
+    *FAULT_MARKS,
     pytest.mark.slow,
     pytest.mark.timeout(150),
 ]

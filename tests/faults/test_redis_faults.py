@@ -9,13 +9,10 @@ import asyncio
 
 import pytest
 
-from tests.faults.conftest import FaultRun
+from tests.faults.conftest import FAULT_MARKS, FaultRun
 
 pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.postgres,
-    pytest.mark.redis,
-    pytest.mark.rabbitmq,
+    *FAULT_MARKS,
     pytest.mark.timeout(120),
 ]
 

@@ -17,6 +17,24 @@ import httpx
 TASKWIRE = str(Path(sys.executable).with_name("taskwire"))
 
 
+class ApiAddress:
+    """The URLs of an API process listening on 127.0.0.1:`port`."""
+
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/graphql"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
