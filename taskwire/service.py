@@ -3,6 +3,7 @@ convert the result; everything that must stay true across processes is decided h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -12,9 +13,12 @@ from uuid import UUID
 from taskwire.bootstrap import Services
 from taskwire.errors import BadUserInput, Conflict, NotFound, ServiceUnavailable
 from taskwire.models import Task, TaskStatus, backoff_seconds
-from taskwire.ports import Resync
+from taskwire.ports import RESYNC, Resync
 
 log = logging.getLogger(__name__)
+
+# How soon a subscription that needs the database during an outage asks again.
+RESYNC_RETRY_SECONDS = 1.0
 
 
 def parse_task_id(raw: str) -> UUID:
@@ -144,12 +148,25 @@ async def watch_task(services: Services, task_id: UUID) -> AsyncGenerator[Task, 
         if current is None:
             raise NotFound()
         yield current
+        resync_pending = False
         while not current.terminal:
-            event = await subscription.get(timeout=services.settings.watch_recheck_seconds)
+            event: Task | Resync = (
+                RESYNC
+                if resync_pending
+                else await subscription.get(timeout=services.settings.watch_recheck_seconds)
+            )
             if isinstance(event, Resync):
                 # Events may have been missed (reconnect, overflow, or a long silence):
                 # the database is the truth.
-                truth = await services.store.get(task_id)
+                try:
+                    truth = await services.store.get(task_id)
+                except ServiceUnavailable:
+                    # Keep the subscriber through a database outage: events still arrive
+                    # (and wait in the inbox); the re-read is tried again shortly.
+                    resync_pending = True
+                    await asyncio.sleep(RESYNC_RETRY_SECONDS)
+                    continue
+                resync_pending = False
                 if truth is None:
                     return
                 await _cache(services, truth)

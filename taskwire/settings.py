@@ -73,7 +73,14 @@ def _text(raw: str) -> str:
     return raw
 
 
-def _number(minimum: float, *, integer: bool = False) -> Callable[[str], Any]:
+# The longest delay the broker's delay-queue ladder holds (taskwire.queue.MAX_DELAY_SECONDS;
+# a unit test keeps the two equal): a longer retry backoff would be silently cut.
+MAX_RETRY_DELAY_SECONDS = 256.0
+
+
+def _number(
+    minimum: float, *, maximum: float | None = None, integer: bool = False
+) -> Callable[[str], Any]:
     def parse(raw: str) -> float | int:
         try:
             value: float | int = int(raw) if integer else float(raw)
@@ -84,6 +91,8 @@ def _number(minimum: float, *, integer: bool = False) -> Callable[[str], Any]:
             raise ValueError("must be a finite number")
         if value < minimum:
             raise ValueError(f"must be at least {minimum:g}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum:g}")
         return value
 
     return parse
@@ -114,6 +123,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "keepalive_seconds": _number(0.1),
     "max_attempts": _number(1, integer=True),
     "retry_base_seconds": _number(0),
-    "retry_max_seconds": _number(0),
+    "retry_max_seconds": _number(0, maximum=MAX_RETRY_DELAY_SECONDS),
     "shutdown_grace_seconds": _number(0),
 }

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from typing import Any, cast
 from uuid import UUID
 
 import pytest
@@ -16,7 +17,7 @@ from taskwire.cache import MemoryTaskCache
 from taskwire.db import migrate
 from taskwire.errors import ServiceUnavailable
 from taskwire.models import Task, TaskStatus
-from taskwire.ports import Delivery
+from taskwire.ports import Delivery, TaskStore
 from taskwire.queue import MemoryTaskQueue
 from taskwire.settings import Settings
 
@@ -146,3 +147,49 @@ async def test_fenced_finish_of_a_lost_attempt_changes_nothing(services: Service
     assert current is not None
     assert current.status is TaskStatus.PROCESSING
     assert current.version == claimed.version
+
+
+class FlakyReads:
+    """The real store, except that get() fails while `down` is set (a database outage as the
+    subscription sees it)."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self.store = store
+        self.down = False
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def get(self, task_id: UUID) -> Task | None:
+        if self.down:
+            self.refused += 1
+            raise ServiceUnavailable("The database is unavailable.")
+        return await self.store.get(task_id)
+
+
+async def test_watch_outlives_a_database_outage(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "RESYNC_RETRY_SECONDS", 0.05)
+    flaky = FlakyReads(services.store)
+    quiet = dataclasses.replace(
+        services,
+        store=cast("TaskStore", flaky),
+        settings=dataclasses.replace(services.settings, watch_recheck_seconds=0.1),
+    )
+    task = await service.create_task(quiet, "outage")
+    updates = service.watch_task(quiet, task.id)
+    assert await anext(updates) == task
+    flaky.down = True
+    claimed = await services.store.claim(task.id, worker="w", lease_seconds=10)
+    assert claimed is not None
+    done = await services.store.complete(task.id, attempt=claimed.attempts, result="egatuo")
+    assert done is not None
+    following = asyncio.ensure_future(anext(updates))
+    async with asyncio.timeout(5):
+        while flaky.refused < 2:
+            await asyncio.sleep(0.01)
+    assert not following.done(), "the subscription waits out the outage instead of failing"
+    flaky.down = False
+    assert await asyncio.wait_for(following, 5) == done

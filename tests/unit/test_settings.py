@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from taskwire.errors import SettingsError
-from taskwire.settings import Settings
+from taskwire.queue import MAX_DELAY_SECONDS
+from taskwire.settings import MAX_RETRY_DELAY_SECONDS, Settings
 
 
 def test_defaults_are_the_embedded_mode() -> None:
@@ -45,6 +46,8 @@ def test_values_are_parsed() -> None:
         ("DATABASE_URL", "mysql://h/db"),
         ("RABBITMQ_URL", "http://h/"),
         ("REDIS_URL", "localhost:6379"),
+        ("RETRY_MAX_SECONDS", "300"),
+        ("MAX_ATTEMPTS", "0"),
     ],
 )
 def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
@@ -52,3 +55,8 @@ def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
         Settings.from_env({name: value})
     assert str(caught.value).startswith(f"{name}: ")
     assert repr(value) in str(caught.value)
+
+
+def test_the_retry_cap_is_what_the_delay_queues_can_hold() -> None:
+    assert MAX_RETRY_DELAY_SECONDS == MAX_DELAY_SECONDS
+    assert Settings.from_env({"RETRY_MAX_SECONDS": "256"}).retry_max_seconds == 256
