@@ -25,11 +25,6 @@ VERDICTS = pytest.StashKey[list[Verdict]]()
 SEED = pytest.StashKey[tuple[int, bool]]()
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "faults: breaks real servers and processes (tests/faults)")
-    config.addinivalue_line("markers", "slow: takes more than ~15 s")
-
-
 @pytest.fixture(scope="session")
 def seed(pytestconfig: pytest.Config) -> int:
     if SEED not in pytestconfig.stash:
