@@ -16,7 +16,8 @@ import pytest
 from taskwire.errors import ServiceUnavailable
 from taskwire.ports import Delivery
 from taskwire.queue import MemoryTaskQueue, decode_task_id, encode_task_id, open_queue
-from taskwire.rabbitmq import RabbitTaskQueue, delay_queue_names
+from taskwire.rabbitmq import RabbitTaskQueue
+from tests.support import rabbitmq as rabbitmq_support
 
 T = TypeVar("T")
 AnyQueue = MemoryTaskQueue | RabbitTaskQueue
@@ -33,12 +34,7 @@ LATE = 0.5
 async def delete_topology(url: str, name: str) -> None:
     connection = await aio_pika.connect(url)
     async with connection:
-        channel = await connection.channel()
-        await channel.queue_delete(name)
-        await channel.queue_delete(f"{name}.dead")
-        await channel.exchange_delete(f"{name}.dlx")
-        for delay_queue in delay_queue_names(name):
-            await channel.queue_delete(delay_queue)
+        await rabbitmq_support.delete_topology(connection, name)
 
 
 @pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])

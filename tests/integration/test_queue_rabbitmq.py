@@ -40,6 +40,7 @@ from taskwire.rabbitmq import (
     delay_queue_names,
     queue_arguments,
 )
+from tests.support.rabbitmq import delete_topology
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -106,12 +107,7 @@ async def admin(rabbitmq_url: str, name: str) -> AsyncIterator[aio_pika.abc.Abst
     connection = await aio_pika.connect(rabbitmq_url)
     async with connection:
         yield connection
-        channel = await connection.channel()
-        await channel.queue_delete(name)
-        await channel.queue_delete(f"{name}.dead")
-        await channel.exchange_delete(f"{name}.dlx")
-        for delay_queue in delay_queue_names(name):
-            await channel.queue_delete(delay_queue)
+        await delete_topology(connection, name)
 
 
 @pytest.fixture
