@@ -12,19 +12,29 @@ from typing import Any
 
 from cross_web import HTTPException
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.schema.base import BaseSchema
+from strawberry.types.unset import UNSET, UnsetType
 
+from graphql_api.auth import Authenticator, unauthenticated_response
 from graphql_api.context import Context
 from graphql_api.graphiql import GRAPHIQL_STATIC_DIR, graphiql_html
 from graphql_api.health import healthz, readyz
+from graphql_api.middleware import BodyLimit, RequestId, cors
 from graphql_api.schema import build_schema
 from graphql_api.state import services_of
+from graphql_api.websocket import LegacyWsHandler, TransportWsHandler
 from taskwire.bootstrap import Services, connect
+from taskwire.errors import Unauthenticated
+from taskwire.identity import Principal
 from taskwire.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,13 +45,50 @@ Background = Callable[[Services, asyncio.Event], Coroutine[Any, Any, None]]
 
 GRAPHIQL_PREFIX = "/static/graphiql"
 BACKGROUND_GRACE_SECONDS = 10.0
+# Where the authenticated principal of an HTTP request waits for get_context.
+PRINCIPAL_STATE = "taskwire_principal"
 
 
 class TaskwireGraphQL(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = TransportWsHandler[Context, None]
+    graphql_ws_handler_class = LegacyWsHandler[Context, None]
+
+    def __init__(self, schema: BaseSchema, auth: Authenticator, **options: Any) -> None:
+        super().__init__(schema, **options)
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Every POST is authenticated before its body is read; GET serves GraphiQL, which
+        # holds no data (queries over GET are refused).
+        if scope["type"] == "http" and scope["method"] == "POST":
+            authorization = Headers(scope=scope).get("authorization")
+            try:
+                principal = self.auth.from_header(authorization)
+            except Unauthenticated as error:
+                await unauthenticated_response(error)(scope, receive, send)
+                return
+            scope.setdefault("state", {})[PRINCIPAL_STATE] = principal
+        await super().__call__(scope, receive, send)
+
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
-        return Context(services=services_of(request), request=request, response=response)
+        principal = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+        return Context(
+            services=services_of(request),
+            auth=self.auth,
+            principal=principal if isinstance(principal, Principal) else None,
+            request=request,
+            response=response,
+        )
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        try:
+            context.principal = self.auth.from_connection_params(context.connection_params)
+        except Unauthenticated as error:
+            raise ConnectionRejectionError({"message": error.message}) from None
+        unset: UnsetType = UNSET
+        return unset
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(graphiql_html(GRAPHIQL_PREFIX))
@@ -54,14 +101,21 @@ class TaskwireGraphQL(GraphQL[Context, None]):
             raise HTTPException(400, "The request body must be UTF-8 encoded JSON.") from exc
 
 
-def create_app(settings: Settings, *, background: Sequence[Background] = ()) -> Starlette:
+def create_app(settings: Settings, *, background: Sequence[Background] = ()) -> ASGIApp:
     graphiql_html(GRAPHIQL_PREFIX)  # a missing or altered asset stops the start, not a page view
     graphql = TaskwireGraphQL(
-        build_schema(),
+        build_schema(settings),
+        Authenticator(settings),
         allow_queries_via_get=False,
+        multipart_uploads_enabled=False,
         keep_alive=True,
         keep_alive_interval=settings.keepalive_seconds,
-        connection_init_wait_timeout=timedelta(seconds=10),
+        connection_init_wait_timeout=timedelta(seconds=settings.ws_init_timeout_seconds),
+        max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+        # Browsers send an Origin with a websocket handshake; a page on any other site could
+        # otherwise open one (cross-site websocket hijacking). Same-origin and clients without
+        # an Origin are always let in.
+        allowed_origins=settings.allowed_origins,
     )
 
     @asynccontextmanager
@@ -75,7 +129,7 @@ def create_app(settings: Settings, *, background: Sequence[Background] = ()) -> 
                 stop.set()
                 await _finish(workers)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
@@ -85,6 +139,10 @@ def create_app(settings: Settings, *, background: Sequence[Background] = ()) -> 
         ],
         lifespan=lifespan,
     )
+    # Outermost first: the request id is there for every log line, CORS answers preflights
+    # before anything reads a body, and no handler ever sees more than the body limit.
+    limited = BodyLimit(app, max_bytes=settings.max_request_bytes)
+    return RequestId(cors(limited, settings.allowed_origins))
 
 
 async def _finish(workers: list[asyncio.Task[None]]) -> None:

@@ -1,26 +1,35 @@
 """How errors leave the API: expected ones keep their message and code, request errors
 (parse, validation, variables) get a code, and anything unexpected is masked for the client
-and logged in full on the server."""
+and logged in full on the server, both with the same request id to match them."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
+from graphql_api.middleware import current_request_id
 from taskwire.errors import TaskwireError
 
 log = logging.getLogger(__name__)
 
 MASKED_MESSAGE = "Unexpected error."
+# The extension a masked error carries: the id the server's log line has too.
+REQUEST_ID = "requestId"
 
 
 def is_unexpected(error: GraphQLError) -> bool:
     original = error.original_error
-    return original is not None and not isinstance(original, TaskwireError)
+    if original is None or isinstance(original, TaskwireError):
+        return False
+    # graphql-core 3.3 reports a variable value it cannot coerce ("Variable '$id' has invalid
+    # value: ...") as an error wrapping another GraphQLError, before execution (no path): the
+    # client's mistake, not an incident. Errors with a path come from resolving a field.
+    return not (isinstance(original, GraphQLError) and error.path is None)
 
 
 def classify(errors: list[GraphQLError]) -> None:
@@ -30,12 +39,38 @@ def classify(errors: list[GraphQLError]) -> None:
     errors included, which never reach an extension's on_operation)."""
     for error in errors:
         if is_unexpected(error):
-            log.error("unexpected error at %s", error.path, exc_info=error.original_error)
-        elif error.original_error is None and not (error.extensions or {}).get("code"):
-            error.extensions = {"code": _request_error_code(error.message)}
+            request_id = request_id_of(error)
+            log.error(
+                "unexpected error at %s (request %s)",
+                error.path,
+                request_id,
+                exc_info=error.original_error,
+                extra={"request_id": request_id},
+            )
+        elif not (error.extensions or {}).get("code"):
+            error.extensions = {
+                **(error.extensions or {}),
+                "code": _request_error_code(error.message),
+            }
+
+
+def request_id_of(error: GraphQLError) -> str:
+    """The id under which an unexpected error is logged and shown: the request's, or a new
+    one outside of a request (schema.execute from a test or script). Kept on the error so its
+    log line and its masked copy agree whichever comes first."""
+    extensions = error.extensions or {}
+    known = extensions.get(REQUEST_ID)
+    if isinstance(known, str):
+        return known
+    request_id = current_request_id() or uuid.uuid4().hex
+    # Only on the unexpected (original) error, which never reaches the client.
+    error.extensions = {**extensions, REQUEST_ID: request_id}
+    return request_id
 
 
 def _request_error_code(message: str) -> str:
+    # Includes the token limit ("Syntax Error: Document contains more than N tokens."): the
+    # document was refused while being parsed.
     if message.startswith("Syntax Error"):
         return "GRAPHQL_PARSE_FAILED"
     if message.startswith("Variable '$"):
@@ -52,7 +87,7 @@ def _masked(error: GraphQLError) -> GraphQLError:
         source=error.source,
         positions=error.positions,
         path=error.path,
-        extensions={"code": "INTERNAL_SERVER_ERROR"},
+        extensions={"code": "INTERNAL_SERVER_ERROR", REQUEST_ID: request_id_of(error)},
     )
 
 

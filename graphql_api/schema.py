@@ -6,39 +6,56 @@ from collections.abc import AsyncGenerator
 
 import strawberry
 from graphql import GraphQLError
+from starlette.responses import Response
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.types import ExecutionContext
 
 from graphql_api.context import Info
 from graphql_api.errors import MaskUnexpectedErrors, classify
+from graphql_api.limits import limit_extensions
 from graphql_api.types import CreateTaskInput, TaskType
 from taskwire import service
+from taskwire.errors import RateLimited
+from taskwire.settings import Settings
 
 
 async def resolve_task(info: Info, id: strawberry.ID) -> TaskType | None:
-    task = await service.get_task(info.context.services, service.parse_task_id(id))
+    context = info.context
+    task = await service.get_task(context.services, context.caller, service.parse_task_id(id))
     return TaskType.from_model(task) if task is not None else None
 
 
 async def resolve_create_task(info: Info, input: CreateTaskInput) -> TaskType:
-    task = await service.create_task(
-        info.context.services, input.input_data, idempotency_key=input.idempotency_key
-    )
+    context = info.context
+    try:
+        task = await service.create_task(
+            context.services,
+            context.caller,
+            input.input_data,
+            idempotency_key=input.idempotency_key,
+        )
+    except RateLimited as exc:
+        if isinstance(context.response, Response):
+            context.response.headers["Retry-After"] = str(exc.details["retryAfter"])
+        raise
     return TaskType.from_model(task)
 
 
 async def resolve_cancel_task(info: Info, id: strawberry.ID) -> TaskType:
-    task = await service.cancel_task(info.context.services, service.parse_task_id(id))
+    context = info.context
+    task = await service.cancel_task(context.services, context.caller, service.parse_task_id(id))
     return TaskType.from_model(task)
 
 
 async def resolve_retry_task(info: Info, id: strawberry.ID) -> TaskType:
-    task = await service.retry_task(info.context.services, service.parse_task_id(id))
+    context = info.context
+    task = await service.retry_task(context.services, context.caller, service.parse_task_id(id))
     return TaskType.from_model(task)
 
 
 async def resolve_task_updated(info: Info, id: strawberry.ID) -> AsyncGenerator[TaskType, None]:
-    updates = service.watch_task(info.context.services, service.parse_task_id(id))
+    context = info.context
+    updates = service.watch_task(context.services, context.caller, service.parse_task_id(id))
     try:
         async for task in updates:
             yield TaskType.from_model(task)
@@ -90,13 +107,16 @@ class TaskwireSchema(strawberry.Schema):
         classify(errors)
 
 
-def build_schema() -> strawberry.Schema:
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    """The schema, with the request limits of `settings` (none when only printing the SDL)."""
+    limits = limit_extensions(settings) if settings is not None else []
     return TaskwireSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=[
             MaskUnexpectedErrors,
+            *limits,
             lambda: ParserCache(maxsize=1024),
             lambda: ValidationCache(maxsize=1024),
         ],

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from uuid import UUID
 
 import strawberry
 
+from graphql_api.context import Info
 from taskwire.models import Task, TaskStatus
 
 # Registers the core enum with Strawberry under its own name (in place, no copy).
 strawberry.enum(TaskStatus, name="TaskStatus")
+
+
+def _watch_token(root: TaskType, info: Info) -> str | None:
+    # Minted only when a client asks for the field.
+    context = info.context
+    return context.auth.watch_token(context.caller, root.owner, UUID(root.id))
 
 
 @strawberry.type(name="Task", description="A unit of work and its current state.")
@@ -27,6 +35,15 @@ class TaskType:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    watch_token: str | None = strawberry.field(
+        resolver=_watch_token,
+        description=(
+            "A short-lived token that can only read and subscribe to this task, for a page that "
+            "should not hold the user's token. Given to the task's owner only; null otherwise "
+            "(and without AUTH_MODE=jwt)."
+        ),
+    )
+    owner: strawberry.Private[str] = ""
 
     @classmethod
     def from_model(cls, task: Task) -> TaskType:
@@ -42,6 +59,7 @@ class TaskType:
             updated_at=task.updated_at,
             started_at=task.started_at,
             finished_at=task.finished_at,
+            owner=task.owner,
         )
 
 

@@ -10,6 +10,7 @@ from taskwire.cache import open_cache
 from taskwire.events import open_events
 from taskwire.ports import EventBus, TaskCache, TaskQueue, TaskStore
 from taskwire.queue import open_queue
+from taskwire.ratelimit import RateLimiter, open_rate_limiter
 from taskwire.settings import Settings
 from taskwire.store import open_store
 
@@ -23,6 +24,8 @@ class Services:
     cache: TaskCache
     events: EventBus
     queue: TaskQueue
+    # createTask per owner; shared through Redis across API replicas.
+    limiter: RateLimiter
 
 
 @asynccontextmanager
@@ -44,4 +47,19 @@ async def connect(settings: Settings, *, pool_size: int = 10) -> AsyncIterator[S
         queue = await stack.enter_async_context(
             open_queue(settings.rabbitmq_url, name=settings.queue_name)
         )
-        yield Services(settings=settings, store=store, cache=cache, events=events, queue=queue)
+        limiter = await stack.enter_async_context(
+            open_rate_limiter(
+                settings.redis_url,
+                prefix=settings.channel_prefix,
+                per_minute=settings.rate_limit_per_minute,
+                burst=settings.rate_limit_burst,
+            )
+        )
+        yield Services(
+            settings=settings,
+            store=store,
+            cache=cache,
+            events=events,
+            queue=queue,
+            limiter=limiter,
+        )

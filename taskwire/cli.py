@@ -1,22 +1,32 @@
-"""`taskwire dev | api | processor | migrate`: the one core module that reaches both deployables."""
+"""`taskwire dev | api | processor | migrate | schema | token`: the one core module that reaches
+both deployables."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import logging
 import os
+import re
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from taskwire.errors import SettingsError
 from taskwire.settings import Settings, is_memory
+from taskwire.tokens import TokenVerifier, mint_token
 
 log = logging.getLogger("taskwire")
 
 LOOPBACK = "127.0.0.1"
+REQUEST_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+# `taskwire token --ttl`: seconds, or a number with s/m/h/d, at most 30 days.
+_TTL = re.compile(r"([0-9]+)([smhd]?)")
+_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TOKEN_TTL_SECONDS = 30 * 86400
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,10 +41,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(os.environ)
         if args.command in ("api", "processor"):
             _require_shared_transport(settings, args.command)
+        if args.command == "dev":
+            settings = _dev_settings(settings, os.environ)
+            _require_local_host(settings, args.host)
+        if args.command in ("api", "dev") and settings.auth_mode == "jwt":
+            # A bad key configuration stops the start here, with the variable it is about.
+            TokenVerifier.from_settings(settings)
     except SettingsError as exc:
         print(f"taskwire {args.command}: {exc}", file=sys.stderr)
         return 2
     command = args.command
+    if command == "token":
+        return _token(settings, args.sub, args.ttl)
+    if command == "api" and settings.auth_mode == "none":
+        log.warning(
+            "AUTH_MODE=none: NO AUTHENTICATION. ANYONE WHO CAN REACH %s:%d CAN READ AND CHANGE "
+            "EVERY TASK. Set AUTH_MODE=jwt outside local development.",
+            args.host,
+            args.port,
+        )
     if command in ("api", "processor") and (problem := _schema_problem(settings)):
         print(f"taskwire {command}: {problem}", file=sys.stderr)
         return 2
@@ -70,7 +95,60 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("processor", help="consume and process tasks from RabbitMQ")
     commands.add_parser("migrate", help="upgrade the database schema to the latest version")
     commands.add_parser("schema", help="print the GraphQL schema (SDL), as in schema.graphql")
+    text = "print a user token signed with JWT_SECRET (HS256), for development and tests"
+    token = commands.add_parser("token", help=text, description=text)
+    token.add_argument("--sub", required=True, help="the user (the token's subject)")
+    token.add_argument(
+        "--ttl", default="1h", help="lifetime: seconds or 30s, 15m, 1h, 7d (default 1h, max 30d)"
+    )
     return parser
+
+
+def _dev_settings(settings: Settings, env: Mapping[str, str]) -> Settings:
+    # dev is one local user exploring the API: no tokens and an introspectable schema, unless
+    # the environment asks otherwise.
+    if not env.get("AUTH_MODE"):
+        settings = dataclasses.replace(settings, auth_mode="none")
+    if not env.get("INTROSPECTION"):
+        settings = dataclasses.replace(settings, introspection=True)
+    return settings
+
+
+def _require_local_host(settings: Settings, host: str) -> None:
+    if settings.auth_mode != "none" or _is_loopback(host):
+        return
+    raise SettingsError(
+        f"--host {host} with AUTH_MODE=none would let anyone who can reach it read and change "
+        "every task; listen on a loopback address (127.0.0.1, ::1, localhost) or set "
+        "AUTH_MODE=jwt with JWT_SECRET."
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _token(settings: Settings, subject: str, ttl: str) -> int:
+    try:
+        token = mint_token(settings, subject, ttl_seconds=_ttl_seconds(ttl))
+    except (SettingsError, ValueError) as exc:
+        print(f"taskwire token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _ttl_seconds(text: str) -> int:
+    match = _TTL.fullmatch(text.strip().lower())
+    seconds = int(match[1]) * _TTL_UNITS[match[2]] if match else 0
+    if not 0 < seconds <= MAX_TOKEN_TTL_SECONDS:
+        raise ValueError(f"--ttl {text}: give 1 second to 30 days, as seconds or 30s, 15m, 1h, 7d")
+    return seconds
 
 
 def _require_shared_transport(settings: Settings, command: str) -> None:
@@ -110,11 +188,18 @@ def _serve(settings: Settings, host: str, port: int, *, embedded_processor: bool
     import uvicorn
 
     from graphql_api.app import create_app
+    from graphql_api.middleware import RequestIdFilter
     from processor.runner import run
 
+    # Every line logged while serving a request names it: the id a client sees in X-Request-ID
+    # and in a masked error's extensions.requestId.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
+        handler.setFormatter(logging.Formatter(REQUEST_LOG_FORMAT))
     app = create_app(settings, background=[run] if embedded_processor else [])
     config = uvicorn.Config(
         app,
+        ws_max_size=settings.max_ws_frame_bytes,
         host=host,
         port=port,
         lifespan="on",

@@ -78,11 +78,14 @@ tasks = sa.Table(
     sa.Column("dispatch_after", UtcDateTime(), nullable=False),
     # Set by an idempotent createTask; unique, so a second insert with the same key does nothing.
     sa.Column("idempotency_key", sa.String(200), nullable=True),
+    # Who created it (the token's `sub`); only they see it. "" before migration 0003.
+    sa.Column("owner", sa.String(200), nullable=False, server_default=sa.text("''")),
     sa.CheckConstraint(
         sa.column("status").in_([status.value for status in TaskStatus]),
         name="ck_tasks_status",
     ),
-    sa.UniqueConstraint("idempotency_key", name="uq_tasks_idempotency_key"),
+    # Keys are per owner: one user's key must neither collide with nor reveal another's task.
+    sa.UniqueConstraint("owner", "idempotency_key", name="uq_tasks_owner_idempotency_key"),
     # The dispatcher looks up PENDING tasks past their deadline and PROCESSING tasks whose lease
     # expired. Claims and heartbeats keep dispatch_after at the lease expiry, so this one index
     # serves both lookups (status first: they filter on it by equality); a second index on

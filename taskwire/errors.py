@@ -53,3 +53,21 @@ class SettingsError(TaskwireError):
     """The configuration is not valid."""
 
     code = "BAD_CONFIGURATION"
+
+
+class Unauthenticated(TaskwireError):
+    """A valid bearer token is required."""
+
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(TaskwireError):
+    """This token may not do that."""
+
+    code = "FORBIDDEN"
+
+
+class RateLimited(TaskwireError):
+    """Too many requests; try again after `retryAfter` seconds."""
+
+    code = "RATE_LIMITED"

@@ -67,6 +67,9 @@ class Task:
     finished_at: datetime | None = None
     # How many attempts this task may have in all; a retry raises it.
     attempt_limit: int = 3
+    # The `sub` of the token that created it; "" for tasks from before owners existed, which
+    # only an unrestricted (AUTH_MODE=none) caller sees.
+    owner: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -102,6 +105,7 @@ class Task:
             started_at=_optional_time(data["started_at"]),
             finished_at=_optional_time(data["finished_at"]),
             attempt_limit=int(data.get("attempt_limit", 3)),
+            owner=str(data.get("owner", "")),
         )
 
     def evolve(self, **changes: Any) -> Task:

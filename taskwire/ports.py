@@ -16,11 +16,16 @@ class TaskStore(Protocol):
     apply its transition returns None and changes nothing."""
 
     async def create(
-        self, input_data: str, *, attempt_limit: int, idempotency_key: str | None = None
+        self,
+        input_data: str,
+        *,
+        attempt_limit: int,
+        idempotency_key: str | None = None,
+        owner: str = "",
     ) -> tuple[Task, bool]:
-        """Insert a PENDING task, version 1, attempts 0, due for re-dispatch after the grace;
-        returns (task, True). With an idempotency key that is already taken, inserts nothing
-        and returns (the existing task, False), also under concurrent identical calls (one
+        """Insert a PENDING task of `owner`, version 1, attempts 0, due for re-dispatch after the
+        grace; returns (task, True). With an idempotency key that `owner` already used, inserts
+        nothing and returns (the existing task, False), also under concurrent identical calls (one
         INSERT ... ON CONFLICT DO NOTHING, then a read); the caller compares the inputs."""
 
     async def get(self, task_id: UUID) -> Task | None: ...

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 from collections.abc import AsyncGenerator
 from uuid import UUID
 
 from taskwire.bootstrap import Services
-from taskwire.errors import BadUserInput, Conflict, NotFound, ServiceUnavailable
+from taskwire.errors import (
+    BadUserInput,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+)
+from taskwire.identity import Principal
 from taskwire.models import Task, TaskStatus, backoff_seconds
 from taskwire.ports import RESYNC, Resync
 
@@ -55,21 +64,41 @@ def check_idempotency_key(key: str | None) -> None:
         )
 
 
+def _require_write(caller: Principal) -> None:
+    if not caller.may_write:
+        raise Forbidden("A watch token may only read and subscribe to its task.")
+
+
 async def create_task(
-    services: Services, input_data: str, *, idempotency_key: str | None = None
+    services: Services,
+    caller: Principal,
+    input_data: str,
+    *,
+    idempotency_key: str | None = None,
 ) -> Task:
-    """Commit the task, then publish it with a confirm, then cache it.
+    """Commit the task, owned by the caller, then publish it with a confirm, then cache it.
 
     A failed publish does not fail the request: the task is committed, and the tasks table is
-    the outbox that the dispatcher re-publishes from. A repeated idempotency key returns the
-    task it created (in its current state) and publishes nothing.
+    the outbox that the dispatcher re-publishes from. A repeated idempotency key (per owner)
+    returns the task it created (in its current state) and publishes nothing.
     """
+    _require_write(caller)
+    if services.settings.crash_point == "unexpected_error":
+        # Test-only fault injection: a bug whose message holds a secret, which the API must
+        # mask for the client and log for the operator.
+        raise RuntimeError(f"bug while connecting to {services.settings.database_url}")
     check_input(input_data, max_bytes=services.settings.max_input_bytes)
     check_idempotency_key(idempotency_key)
+    # After the input checks, so that a malformed request does not use up the caller's budget.
+    retry_after = await services.limiter.acquire(caller.subject)
+    if retry_after > 0:
+        seconds = max(1, math.ceil(retry_after))
+        raise RateLimited(f"Too many tasks created; try again in {seconds} s.", retryAfter=seconds)
     task, created = await services.store.create(
         input_data,
         attempt_limit=services.settings.max_attempts,
         idempotency_key=idempotency_key,
+        owner=caller.subject,
     )
     if not created:
         if task.input_data != input_data:
@@ -83,8 +112,18 @@ async def create_task(
     return task
 
 
-async def cancel_task(services: Services, task_id: UUID) -> Task:
+async def _own(services: Services, caller: Principal, task_id: UUID) -> None:
+    """Raise NotFound unless the caller may see the task: another owner's task answers exactly
+    as one that does not exist. Owners never change, so checking before the UPDATE is enough."""
+    _require_write(caller)
+    task = await services.store.get(task_id)
+    if task is None or not caller.may_read(task):
+        raise NotFound()
+
+
+async def cancel_task(services: Services, caller: Principal, task_id: UUID) -> Task:
     """PENDING -> CANCELLED; a processor that receives it later skips it."""
+    await _own(services, caller, task_id)
     task = await services.store.cancel(task_id)
     if task is None:
         raise await _refusal(services, task_id, "cancelled", TaskStatus.PENDING)
@@ -92,8 +131,9 @@ async def cancel_task(services: Services, task_id: UUID) -> Task:
     return task
 
 
-async def retry_task(services: Services, task_id: UUID) -> Task:
+async def retry_task(services: Services, caller: Principal, task_id: UUID) -> Task:
     """FAILED -> PENDING with a fresh budget of attempts, and back onto the queue."""
+    await _own(services, caller, task_id)
     task = await services.store.retry(task_id, extra_attempts=services.settings.max_attempts)
     if task is None:
         raise await _refusal(services, task_id, "retried", TaskStatus.FAILED)
@@ -123,7 +163,13 @@ async def _dispatch(services: Services, task: Task) -> None:
         await services.store.defer_dispatch(task.id, seconds=services.settings.redispatch_seconds)
 
 
-async def get_task(services: Services, task_id: UUID) -> Task | None:
+async def get_task(services: Services, caller: Principal, task_id: UUID) -> Task | None:
+    """The task if the caller may see it, else None (whether or not it exists)."""
+    task = await read_task(services, task_id)
+    return task if task is not None and caller.may_read(task) else None
+
+
+async def read_task(services: Services, task_id: UUID) -> Task | None:
     """Read-through: Redis first, PostgreSQL on a miss (or when Redis is down)."""
     try:
         cached = await services.cache.get(task_id)
@@ -138,13 +184,15 @@ async def get_task(services: Services, task_id: UUID) -> Task | None:
     return task
 
 
-async def watch_task(services: Services, task_id: UUID) -> AsyncGenerator[Task, None]:
+async def watch_task(
+    services: Services, caller: Principal, task_id: UUID
+) -> AsyncGenerator[Task, None]:
     """The current state, then every newer version, ending after a terminal state.
 
     Subscribing happens before the first read so that no change can fall between the two.
     """
     async with services.events.subscribe(task_id) as subscription:
-        current = await get_task(services, task_id)
+        current = await get_task(services, caller, task_id)
         if current is None:
             raise NotFound()
         yield current

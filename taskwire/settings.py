@@ -39,11 +39,40 @@ class Settings:
     # How long a stopping processor lets the work in hand finish before handing it back.
     shutdown_grace_seconds: float = 30.0
     # Test-only fault injection, off by default: work on an input containing `poison_marker`
-    # fails; crash_point="after_commit" kills the API between createTask's commit and publish.
+    # fails; crash_point="after_commit" kills the API between createTask's commit and publish;
+    # crash_point="unexpected_error" makes createTask raise an unexpected error.
     poison_marker: str = ""
     crash_point: str = ""
     queue_name: str = "taskwire.tasks"
     channel_prefix: str = "taskwire"
+    # Who may see what (taskwire.tokens). "jwt": every request carries a bearer token and sees
+    # only its own tasks. "none": one local user who sees everything; `taskwire dev` only.
+    auth_mode: str = "jwt"
+    jwt_secret: str = ""
+    jwt_public_key_file: str = ""
+    jwt_jwks_file: str = ""
+    jwt_audience: str = "taskwire"
+    jwt_issuer: str = "taskwire"
+    # Clock skew tolerated on exp/nbf/iat (RFC 8725 asks for little).
+    jwt_leeway_seconds: float = 30.0
+    # createTask's watchToken: signed with this (JWT_SECRET when empty), valid this long.
+    watch_token_secret: str = ""
+    watch_token_ttl_seconds: int = 900
+    # Browser origins allowed to call the API (CORS) and to open websockets; comma-separated.
+    allowed_origins: tuple[str, ...] = ()
+    # The hardened surface. Introspection is off for `taskwire api` (the SDL is schema.graphql)
+    # and on for `taskwire dev`.
+    introspection: bool = False
+    max_query_depth: int = 10
+    max_aliases: int = 15
+    max_query_tokens: int = 1000
+    max_request_bytes: int = 1024 * 1024
+    max_ws_frame_bytes: int = 1024 * 1024
+    ws_init_timeout_seconds: float = 10.0
+    max_subscriptions_per_connection: int = 50
+    # createTask per owner: a sustained rate and a burst (0 per minute turns the limit off).
+    rate_limit_per_minute: float = 600.0
+    rate_limit_burst: int = 60
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -71,6 +100,33 @@ def is_memory(url: str) -> bool:
 
 def _text(raw: str) -> str:
     return raw
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return raw
+
+    return parse
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+    return origins
 
 
 # The longest delay the broker's delay-queue ladder holds (taskwire.queue.MAX_DELAY_SECONDS;
@@ -125,4 +181,18 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "retry_base_seconds": _number(0),
     "retry_max_seconds": _number(0, maximum=MAX_RETRY_DELAY_SECONDS),
     "shutdown_grace_seconds": _number(0),
+    "auth_mode": _choice("jwt", "none"),
+    "jwt_leeway_seconds": _number(0, maximum=300),
+    "watch_token_ttl_seconds": _number(1, integer=True),
+    "allowed_origins": _origins,
+    "introspection": _flag,
+    "max_query_depth": _number(1, integer=True),
+    "max_aliases": _number(0, integer=True),
+    "max_query_tokens": _number(10, integer=True),
+    "max_request_bytes": _number(1024, integer=True),
+    "max_ws_frame_bytes": _number(1024, integer=True),
+    "ws_init_timeout_seconds": _number(0.1),
+    "max_subscriptions_per_connection": _number(1, integer=True),
+    "rate_limit_per_minute": _number(0),
+    "rate_limit_burst": _number(1, integer=True),
 }

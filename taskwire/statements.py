@@ -33,6 +33,7 @@ _SNAPSHOT = (
     tasks.c.started_at,
     tasks.c.finished_at,
     tasks.c.attempt_limit,
+    tasks.c.owner,
 )
 
 
@@ -64,12 +65,14 @@ _NO_LEASE: Mapping[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 # RETURNING yields the id only when the row went in.
 INSERTS: Mapping[str, sa.Executable] = {
     name: dialect_insert(tasks)
-    .on_conflict_do_nothing(index_elements=[tasks.c.idempotency_key])
+    .on_conflict_do_nothing(index_elements=[tasks.c.owner, tasks.c.idempotency_key])
     .returning(tasks.c.id)
     for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
 }
 GET = sa.select(*_SNAPSHOT).where(tasks.c.id == _param("p_id"))
-GET_BY_KEY = sa.select(*_SNAPSHOT).where(tasks.c.idempotency_key == _param("p_key"))
+GET_BY_KEY = sa.select(*_SNAPSHOT).where(
+    tasks.c.owner == _param("p_owner"), tasks.c.idempotency_key == _param("p_key")
+)
 
 # Whether the task may have another attempt. The store keeps every PENDING task within its
 # budget (create and retry give at least one attempt, release refunds the one handed back,

@@ -64,7 +64,12 @@ class SqlTaskStore:
         self._clock = clock
 
     async def create(
-        self, input_data: str, *, attempt_limit: int, idempotency_key: str | None = None
+        self,
+        input_data: str,
+        *,
+        attempt_limit: int,
+        idempotency_key: str | None = None,
+        owner: str = "",
     ) -> tuple[Task, bool]:
         if attempt_limit < 1:
             raise ValueError("attempt_limit must be at least 1")
@@ -80,6 +85,7 @@ class SqlTaskStore:
             created_at=now,
             updated_at=now,
             attempt_limit=attempt_limit,
+            owner=owner,
         )
         values = {
             "id": task.id,
@@ -92,12 +98,15 @@ class SqlTaskStore:
             "updated_at": now,
             "dispatch_after": now + self._grace,
             "idempotency_key": idempotency_key,
+            "owner": owner,
         }
         if await self._execute(self._insert, values):
             return task, True
         # The key is taken. ON CONFLICT waited for the row's own insert to commit (PostgreSQL
         # locks the key meanwhile) and rows are never deleted, so this read finds it.
-        existing = _task(await self._execute(statements.GET_BY_KEY, {"p_key": idempotency_key}))
+        existing = _task(
+            await self._execute(statements.GET_BY_KEY, {"p_owner": owner, "p_key": idempotency_key})
+        )
         if existing is None:
             raise RuntimeError(f"idempotency key {idempotency_key!r} conflicted but has no task")
         return existing, False
@@ -233,6 +242,7 @@ def _task(rows: Sequence[Sequence[Any]]) -> Task | None:
         started_at=row[9],
         finished_at=row[10],
         attempt_limit=row[11],
+        owner=row[12],
     )
 
 

@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 
-from taskwire.db import alembic_config, create_engine, metadata, migrate, tasks
+from taskwire.db import UtcDateTime, alembic_config, create_engine, metadata, migrate, tasks
 from taskwire.errors import ServiceUnavailable
 from taskwire.models import Task, TaskStatus
 from taskwire.store import SqlTaskStore, open_store
@@ -108,7 +108,7 @@ async def test_migrated_schema_matches_metadata(database_url: str) -> None:
     finally:
         await engine.dispose()
     assert diffs == []
-    assert head == "0002"
+    assert head == "0003"
 
 
 async def test_status_check_constraint_exists(database_url: str, clock: ManualClock) -> None:
@@ -527,6 +527,81 @@ async def test_create_with_a_taken_key_returns_the_existing_task(
     other, created = await store.create("same", attempt_limit=2, idempotency_key="key-2")
     assert created is True
     assert other.id != first.id
+
+
+async def test_a_task_keeps_its_owner(store: SqlTaskStore) -> None:
+    task, _ = await store.create("mine", attempt_limit=LIMIT, owner="alice")
+
+    assert task.owner == "alice"
+    stored = await store.get(task.id)
+    assert stored is not None
+    assert stored.owner == "alice"
+    claim = await store.claim(task.id, worker="w1", lease_seconds=LEASE)
+    assert claim is not None
+    assert claim.owner == "alice"
+
+
+async def test_idempotency_keys_belong_to_their_owner(store: SqlTaskStore) -> None:
+    alices, created = await store.create(
+        "a", attempt_limit=LIMIT, idempotency_key="k", owner="alice"
+    )
+    assert created
+
+    # The same key from another owner is another task: it neither collides nor reveals alice's.
+    bobs, created = await store.create("b", attempt_limit=LIMIT, idempotency_key="k", owner="bob")
+    assert created
+    assert bobs.id != alices.id
+    again, created = await store.create(
+        "a", attempt_limit=LIMIT, idempotency_key="k", owner="alice"
+    )
+    assert not created
+    assert again.id == alices.id
+
+
+async def test_migration_0003_keeps_existing_rows_ownerless(database_url: str) -> None:
+    await _alembic(database_url, command.downgrade, "0002")
+    engine = create_engine(database_url, pool_size=1)
+    old_id = uuid4()
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    try:
+        async with engine.begin() as connection:
+            old_tasks = sa.table(
+                "tasks",
+                sa.column("id", sa.Uuid()),
+                *(sa.column(name) for name in ("status", "input_data", "idempotency_key")),
+                *(sa.column(name) for name in ("attempts", "version")),
+                *(
+                    sa.column(name, UtcDateTime())
+                    for name in ("created_at", "updated_at", "dispatch_after")
+                ),
+            )
+            await connection.execute(
+                old_tasks.insert().values(
+                    id=old_id,
+                    status="PENDING",
+                    input_data="old",
+                    attempts=0,
+                    version=1,
+                    created_at=now,
+                    updated_at=now,
+                    dispatch_after=now,
+                    idempotency_key="k",
+                )
+            )
+    finally:
+        await engine.dispose()
+    await migrate(database_url)
+
+    async with open_store(database_url, dispatch_grace_seconds=GRACE) as store:
+        old = await store.get(old_id)
+        assert old is not None
+        assert old.owner == ""
+        # The old key now belongs to nobody: a user's same key makes a new task.
+        mine, created = await store.create(
+            "new", attempt_limit=LIMIT, idempotency_key="k", owner="u"
+        )
+        assert created
+        assert mine.id != old_id
 
 
 async def test_tasks_without_a_key_are_never_merged(store: SqlTaskStore) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.auth import AUTH_ENV
 from tests.support.databases import fresh_postgres_database
 from tests.support.processes import (
     ApiAddress,
@@ -58,6 +59,7 @@ async def deployment(
             "TASK_DELAY_SECONDS": TASK_DELAY_SECONDS,
             "LEASE_SECONDS": "10",
             "KEEPALIVE_SECONDS": "0.5",
+            **AUTH_ENV,
         }
         run_to_completion(["migrate"], env=env, cwd=workdir)
         port = free_port()

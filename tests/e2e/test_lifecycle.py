@@ -11,6 +11,7 @@ import pytest
 from gql.transport.exceptions import TransportQueryError
 
 from tests.e2e.conftest import Deployment
+from tests.support.auth import bearer
 from tests.support.client import SUBPROTOCOLS, create_task, follow, get_task
 
 pytestmark = pytest.mark.timeout(120)
@@ -80,7 +81,9 @@ async def test_many_tasks_over_two_processors_each_done_once(deployment: Deploym
 
 
 async def test_http_edges_answer_cleanly(deployment: Deployment) -> None:
-    async with httpx.AsyncClient(base_url=deployment.base_url, timeout=5) as client:
+    async with httpx.AsyncClient(
+        base_url=deployment.base_url, timeout=5, headers=bearer()
+    ) as client:
         assert (await client.get("/healthz")).status_code == 200
         ready = await client.get("/readyz")
         assert ready.status_code == 200, ready.text

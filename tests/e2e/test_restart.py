@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from tests.e2e.conftest import Deployment
+from tests.support.auth import bearer
 from tests.support.client import GRAPHQL_TRANSPORT_WS, create_task, wait_for_status
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,7 +41,7 @@ async def test_sigterm_closes_open_websockets_with_a_close_code(deployment: Depl
     async with connect(
         deployment.ws_url, subprotocols=[Subprotocol(GRAPHQL_TRANSPORT_WS)], open_timeout=5
     ) as ws:
-        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        await ws.send(json.dumps({"type": "connection_init", "payload": bearer()}))
         assert json.loads(await ws.recv())["type"] == "connection_ack"
         deployment.api.signal(signal.SIGTERM)
         with pytest.raises(ConnectionClosed) as caught:

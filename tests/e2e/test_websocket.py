@@ -11,6 +11,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from tests.e2e.conftest import Deployment
+from tests.support.auth import bearer
 from tests.support.client import GRAPHQL_TRANSPORT_WS, LEGACY_GRAPHQL_WS
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,7 +27,7 @@ async def test_legacy_protocol_sends_keep_alives(deployment: Deployment) -> None
         deployment.ws_url, subprotocols=[Subprotocol(LEGACY_GRAPHQL_WS)], open_timeout=5
     ) as ws:
         assert ws.subprotocol == LEGACY_GRAPHQL_WS
-        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        await ws.send(json.dumps({"type": "connection_init", "payload": bearer()}))
         assert (await receive(ws))["type"] == "connection_ack"
         # KEEPALIVE_SECONDS is 0.5 in this deployment: two more arrive well within the timeout.
         assert [(await receive(ws))["type"] for _ in range(2)] == ["ka", "ka"]
@@ -37,7 +38,7 @@ async def test_transport_ws_answers_pings(deployment: Deployment) -> None:
         deployment.ws_url, subprotocols=[Subprotocol(GRAPHQL_TRANSPORT_WS)], open_timeout=5
     ) as ws:
         assert ws.subprotocol == GRAPHQL_TRANSPORT_WS
-        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        await ws.send(json.dumps({"type": "connection_init", "payload": bearer()}))
         assert (await receive(ws))["type"] == "connection_ack"
         await ws.send(json.dumps({"type": "ping"}))
         assert (await receive(ws))["type"] == "pong"

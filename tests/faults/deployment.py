@@ -20,6 +20,7 @@ from yarl import URL
 
 from tests.faults.probes import Broker, TaskTable, poll
 from tests.servers import Server
+from tests.support.auth import AUTH_ENV
 from tests.support.databases import fresh_postgres_database
 from tests.support.processes import (
     ApiAddress,
@@ -118,6 +119,7 @@ class FaultDeployment(ApiAddress):
             "CHANNEL_PREFIX": f"taskwire-faults-{self.tag}",
             "POISON_MARKER": POISON_MARKER,
             "CRASH_POINT": "",
+            **AUTH_ENV,
             **self._extra_env,
         }
         self._table = TaskTable(self.database_url)

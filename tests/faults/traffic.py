@@ -20,6 +20,7 @@ from websockets.exceptions import WebSocketException
 from tests.faults.deployment import FaultDeployment
 from tests.faults.probes import TERMINAL
 from tests.faults.schedule import FaultPlan
+from tests.support.auth import bearer
 from tests.support.client import SUBPROTOCOLS
 
 CREATE = """
@@ -114,7 +115,11 @@ class Follower:
 
     async def subscribe_once(self, session: Session) -> None:
         transport = WebsocketsTransport(
-            url=self.ws_url, subprotocols=[self.subprotocol], connect_timeout=5, ack_timeout=5
+            url=self.ws_url,
+            subprotocols=[self.subprotocol],
+            connect_timeout=5,
+            ack_timeout=5,
+            init_payload=bearer(),
         )
         async with Client(transport=transport) as client:
             request = GraphQLRequest(WATCH, variable_values={"id": self.task_id})
@@ -145,7 +150,7 @@ class Traffic:
         self.retries: Counter[str] = Counter()
         self.followers: list[Follower] = []
         self._following: list[asyncio.Task[None]] = []
-        self._http = httpx.AsyncClient(timeout=10.0)
+        self._http = httpx.AsyncClient(timeout=10.0, headers=bearer())
         self._count = 0
 
     def text(self, index: int) -> str:

@@ -126,7 +126,7 @@ async def test_concurrent_migrations_are_serialised(postgres_admin_url: str) -> 
                 head = await connection.scalar(sa.text("SELECT version_num FROM alembic_version"))
         finally:
             await engine.dispose()
-        assert head == "0002"
+        assert head == "0003"
 
 
 async def test_closed_port_is_service_unavailable() -> None:

@@ -16,6 +16,7 @@ from taskwire import service
 from taskwire.bootstrap import Services
 from taskwire.models import TaskStatus
 from taskwire.queue import MemoryTaskQueue
+from tests.support.auth import TESTER
 from tests.unit.test_processor import until_status
 from tests.unit.test_schema import TASK_FIELDS, error_of, execute, watch
 
@@ -93,7 +94,7 @@ async def test_cancel_a_pending_task_and_its_subscriber_completes(services: Serv
 @pytest.mark.usefixtures("processor")
 async def test_the_processor_skips_a_cancelled_task(services: Services) -> None:
     # Stored but not yet published, so that the cancel surely comes first.
-    task, _ = await services.store.create("skip me", attempt_limit=3)
+    task, _ = await services.store.create("skip me", attempt_limit=3, owner=TESTER.subject)
     result = await execute(services, CANCEL, id=str(task.id))
     assert result.errors is None
     await services.queue.publish(task.id)
@@ -110,12 +111,12 @@ async def test_the_poison_marker_fails_matching_inputs_only(services: Services) 
     poisoned = dataclasses.replace(
         services, settings=dataclasses.replace(services.settings, poison_marker="☠")
     )
-    clean = await service.create_task(poisoned, "a b")
+    clean = await service.create_task(poisoned, TESTER, "a b")
     assert (await processor.handler.process(poisoned, clean.id, worker="w")) is not None
     done = await services.store.get(clean.id)
     assert done is not None
     assert done.result == "b a"
-    task = await service.create_task(poisoned, "a ☠ b")
+    task = await service.create_task(poisoned, TESTER, "a ☠ b")
     outcome = await processor.handler.process(poisoned, task.id, worker="w")
     assert outcome is not None
     assert (outcome.status, outcome.attempts) == ("PENDING", 1), "retried after a backoff"
@@ -187,7 +188,7 @@ async def test_stopping_hands_back_work_that_outlasts_the_grace(services: Servic
 
     stop = asyncio.Event()
     slow = asyncio.create_task(run_processor(with_delay(30), stop))
-    task = await service.create_task(services, "handed back")
+    task = await service.create_task(services, TESTER, "handed back")
     claimed = await until_status(services, task.id, TaskStatus.PROCESSING)
     stop.set()
     await asyncio.wait_for(slow, 5)

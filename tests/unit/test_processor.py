@@ -12,6 +12,7 @@ from taskwire import service
 from taskwire.bootstrap import Services
 from taskwire.models import Task, TaskStatus
 from taskwire.queue import MemoryTaskQueue, decode_task_id, encode_task_id
+from tests.support.auth import TESTER
 
 pytestmark = pytest.mark.usefixtures("processor")
 
@@ -38,7 +39,7 @@ def memory_queue(services: Services) -> MemoryTaskQueue:
 
 
 async def test_a_task_is_claimed_worked_and_completed(services: Services) -> None:
-    task = await service.create_task(services, "drawer")
+    task = await service.create_task(services, TESTER, "drawer")
     done = await until_status(services, task.id, TaskStatus.COMPLETED)
     assert (done.result, done.attempts, done.version) == ("reward", 1, 3)
     assert done.started_at is not None
@@ -54,7 +55,7 @@ async def test_malformed_messages_are_dead_lettered_and_the_loop_goes_on(
     malformed = [b"not json", b'{"task_id": "nope"}', b"[]", b"\xff" * 300]
     for body in malformed:
         await queue.publish_body(body)
-    task = await service.create_task(services, "still works")
+    task = await service.create_task(services, TESTER, "still works")
     await until_status(services, task.id, TaskStatus.COMPLETED)
     await until_settled(queue, "dead_letter", len(malformed))
     assert sorted(queue.dead_letters) == sorted(malformed)
@@ -63,7 +64,7 @@ async def test_malformed_messages_are_dead_lettered_and_the_loop_goes_on(
 async def test_a_duplicate_delivery_of_a_finished_task_changes_nothing(
     services: Services,
 ) -> None:
-    task = await service.create_task(services, "twice")
+    task = await service.create_task(services, TESTER, "twice")
     done = await until_status(services, task.id, TaskStatus.COMPLETED)
     await until_settled(memory_queue(services), "ack", 1)
     await services.queue.publish(task.id)
@@ -85,7 +86,7 @@ async def test_a_work_failure_is_retried_then_failed_with_its_error(
         raise ValueError(f"cannot reverse {text!r}")
 
     monkeypatch.setattr(processor.handler, "reverse_text", broken)
-    task = await service.create_task(services, "poison")
+    task = await service.create_task(services, TESTER, "poison")
     failed = await until_status(services, task.id, TaskStatus.FAILED)
     assert failed.error == "ValueError: cannot reverse 'poison'"
     assert failed.attempts == services.settings.max_attempts

@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 from strawberry.types import ExecutionResult
 
+from graphql_api.auth import Authenticator
 from graphql_api.context import Context
 from graphql_api.schema import build_schema
 from taskwire import service
 from taskwire.bootstrap import Services
+from taskwire.identity import Principal
+from tests.support.auth import TESTER, auth_settings
 
 SCHEMA = build_schema()
 TASK_FIELDS = (
@@ -26,8 +29,14 @@ GET = f"query($id: ID!) {{ task(id: $id) {{ {TASK_FIELDS} }} }}"
 WATCH = "subscription($id: ID!) { taskUpdated(id: $id) { id status version result attempts } }"
 
 
+def context_for(services: Services, principal: Principal = TESTER) -> Context:
+    return Context(services, auth=Authenticator(auth_settings()), principal=principal)
+
+
 async def execute(services: Services, query: str, **variables: Any) -> ExecutionResult:
-    return await SCHEMA.execute(query, variable_values=variables, context_value=Context(services))
+    return await SCHEMA.execute(
+        query, variable_values=variables, context_value=context_for(services)
+    )
 
 
 async def create(services: Services, text: str) -> dict[str, Any]:
@@ -40,7 +49,7 @@ async def create(services: Services, text: str) -> dict[str, Any]:
 
 async def watch(services: Services, task_id: str) -> list[dict[str, Any]]:
     stream = await SCHEMA.subscribe(
-        WATCH, variable_values={"id": task_id}, context_value=Context(services)
+        WATCH, variable_values={"id": task_id}, context_value=context_for(services)
     )
     assert isinstance(stream, AsyncGenerator)
     seen: list[dict[str, Any]] = []
@@ -157,7 +166,7 @@ async def test_a_late_subscriber_gets_the_final_state_and_completes(services: Se
 
 async def test_subscribing_to_an_unknown_task_is_not_found(services: Services) -> None:
     stream = await SCHEMA.subscribe(
-        WATCH, variable_values={"id": str(uuid.uuid4())}, context_value=Context(services)
+        WATCH, variable_values={"id": str(uuid.uuid4())}, context_value=context_for(services)
     )
     assert isinstance(stream, AsyncGenerator)
     results = [r async for r in stream]

@@ -20,6 +20,7 @@ from taskwire.models import Task, TaskStatus
 from taskwire.ports import Delivery, TaskStore
 from taskwire.queue import MemoryTaskQueue
 from taskwire.settings import Settings
+from tests.support.auth import TESTER
 
 
 class DownQueue:
@@ -49,7 +50,7 @@ class DownCache:
 
 
 async def test_create_commits_publishes_and_caches(services: Services) -> None:
-    task = await service.create_task(services, "hello")
+    task = await service.create_task(services, TESTER, "hello")
     assert isinstance(services.queue, MemoryTaskQueue)
     assert await services.queue.depth() == (1, 0)
     assert await services.cache.get(task.id) == task
@@ -69,7 +70,9 @@ async def test_a_failed_publish_still_accepts_the_task_and_the_dispatcher_sends_
     quick_dispatch: Services,
 ) -> None:
     services = quick_dispatch
-    task = await service.create_task(dataclasses.replace(services, queue=DownQueue()), "outbox")
+    task = await service.create_task(
+        dataclasses.replace(services, queue=DownQueue()), TESTER, "outbox"
+    )
     assert await services.store.get(task.id) == task
     assert await service.dispatch_due(services) == 0, "not due before the grace"
     async with asyncio.timeout(5):
@@ -81,30 +84,30 @@ async def test_a_failed_publish_still_accepts_the_task_and_the_dispatcher_sends_
 
 
 async def test_a_confirmed_publish_is_not_dispatched_again(quick_dispatch: Services) -> None:
-    await service.create_task(quick_dispatch, "once")
+    await service.create_task(quick_dispatch, TESTER, "once")
     await asyncio.sleep(0.3)  # past the grace: only the confirmation keeps it from being due
     assert await service.dispatch_due(quick_dispatch) == 0
 
 
 async def test_redis_down_changes_nothing_for_clients(services: Services) -> None:
     broken = dataclasses.replace(services, cache=DownCache())
-    task = await service.create_task(broken, "no cache")
-    assert await service.get_task(broken, task.id) == task
+    task = await service.create_task(broken, TESTER, "no cache")
+    assert await service.get_task(broken, TESTER, task.id) == task
 
 
 async def test_reads_fall_through_to_the_store_and_repopulate(services: Services) -> None:
-    task = await service.create_task(services, "read through")
+    task = await service.create_task(services, TESTER, "read through")
     cold = dataclasses.replace(services, cache=MemoryTaskCache())
     assert await cold.cache.get(task.id) is None
-    assert await service.get_task(cold, task.id) == task
+    assert await service.get_task(cold, TESTER, task.id) == task
     assert await cold.cache.get(task.id) == task
 
 
 async def test_watch_yields_only_newer_versions_and_ends_on_a_final_state(
     services: Services,
 ) -> None:
-    task = await service.create_task(services, "watch")
-    updates = service.watch_task(services, task.id)
+    task = await service.create_task(services, TESTER, "watch")
+    updates = service.watch_task(services, TESTER, task.id)
     assert await anext(updates) == task
     claimed = await service.claim_task(services, task.id, worker="w")
     assert claimed is not None
@@ -123,8 +126,8 @@ async def test_watch_rereads_the_truth_when_events_go_missing(services: Services
     quiet = dataclasses.replace(
         services, settings=dataclasses.replace(services.settings, watch_recheck_seconds=0.1)
     )
-    task = await service.create_task(quiet, "missed")
-    updates = service.watch_task(quiet, task.id)
+    task = await service.create_task(quiet, TESTER, "missed")
+    updates = service.watch_task(quiet, TESTER, task.id)
     assert await anext(updates) == task
     # Transitions straight in the store: no event is published.
     claimed = await services.store.claim(task.id, worker="w", lease_seconds=10)
@@ -138,7 +141,7 @@ async def test_watch_rereads_the_truth_when_events_go_missing(services: Services
 
 
 async def test_fenced_finish_of_a_lost_attempt_changes_nothing(services: Services) -> None:
-    task = await service.create_task(services, "fence")
+    task = await service.create_task(services, TESTER, "fence")
     claimed = await service.claim_task(services, task.id, worker="w")
     assert claimed is not None
     stale = claimed.evolve(attempts=claimed.attempts - 1)
@@ -178,8 +181,8 @@ async def test_watch_outlives_a_database_outage(
         store=cast("TaskStore", flaky),
         settings=dataclasses.replace(services.settings, watch_recheck_seconds=0.1),
     )
-    task = await service.create_task(quiet, "outage")
-    updates = service.watch_task(quiet, task.id)
+    task = await service.create_task(quiet, TESTER, "outage")
+    updates = service.watch_task(quiet, TESTER, task.id)
     assert await anext(updates) == task
     flaky.down = True
     claimed = await services.store.claim(task.id, worker="w", lease_seconds=10)

@@ -1,0 +1,393 @@
+"""The two websocket subprotocols under the same rules.
+
+Strawberry's graphql-transport-ws handler already closes a bad connection with the protocol's
+4xxx codes; its legacy graphql-ws handler mostly ignores bad input. Both handlers here:
+
+- close 4400 on a frame that is not a JSON object with a known `type` and a well-formed body,
+  4401 on an operation before the ack, 4403 when `on_ws_connect` rejects the connection,
+  4408 when no connection_init arrives in time, 4409 on an id that is already running and
+  4429 on a second connection_init;
+- refuse an operation past the per-connection cap with an `error` message whose code is
+  TOO_MANY_SUBSCRIPTIONS, counting only operations that are still running;
+- close 4403 "Token expired" when the principal's token expires, which ends every operation;
+- close once, and send nothing after closing.
+
+The view passes the limits (`max_subscriptions_per_connection`, `connection_init_wait_timeout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar, cast
+
+from graphql import GraphQLError
+from starlette.websockets import WebSocketDisconnect
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.async_base_view import AsyncBaseHTTPView, AsyncWebSocketAdapter
+from strawberry.http.exceptions import (
+    NonJsonMessageReceived,
+    NonTextMessageReceived,
+    WebSocketDisconnected,
+)
+from strawberry.schema import BaseSchema
+from strawberry.subscriptions.protocols.graphql_transport_ws import types as transport
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_ws import types as legacy
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.types.unset import UnsetType
+
+from taskwire.identity import Principal
+
+log = logging.getLogger(__name__)
+
+TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
+TOKEN_EXPIRED = "Token expired"
+# RFC 6455 leaves 123 bytes for a close reason; a longer one (an echoed client id or type)
+# makes the server's websocket library fail instead of closing.
+MAX_REASON_BYTES = 123
+
+
+class ConnectionContext(Protocol):
+    """What the handlers need of the view's context: on_ws_connect sets `principal`."""
+
+    principal: Principal | None
+    connection_params: dict[str, Any]
+
+
+ContextT = TypeVar("ContextT", bound=ConnectionContext)
+RootValueT = TypeVar("RootValueT")
+View = AsyncBaseHTTPView[Any, Any, Any, Any, Any, ContextT, RootValueT]
+
+
+class ClosingSocket(AsyncWebSocketAdapter):
+    """A websocket that closes once and drops whatever is sent after that, so that a close
+    racing another (or an operation still yielding) neither raises nor leaks data."""
+
+    def __init__(self, inner: AsyncWebSocketAdapter) -> None:
+        super().__init__(inner.view)
+        self._inner = inner
+        self.closed = False
+
+    def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
+        return self._inner.iter_json(ignore_parsing_errors=ignore_parsing_errors)
+
+    async def send_json(self, message: Mapping[str, object]) -> None:
+        if not self.closed:
+            await self._inner.send_json(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self._inner.close(code, fit_reason(reason))
+        except (WebSocketDisconnect, WebSocketDisconnected, RuntimeError):
+            log.debug("websocket gone before close %d", code)  # the peer left first
+
+
+class Deadline:
+    """Runs `on_expiry` once when the token that opened the connection expires."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+
+    def arm(self, principal: Principal | None, on_expiry: Callable[[], Awaitable[None]]) -> None:
+        if self._task is not None or principal is None or principal.expires_at is None:
+            return
+        self._task = asyncio.create_task(
+            self._expire_at(principal.expires_at, on_expiry), name="taskwire.ws.token-expiry"
+        )
+
+    async def cancel(self) -> None:
+        task, self._task = self._task, None
+        if task is None or task is asyncio.current_task():
+            return
+        task.cancel()
+        await asyncio.wait([task])
+
+    @staticmethod
+    async def _expire_at(expires_at: datetime, on_expiry: Callable[[], Awaitable[None]]) -> None:
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        await asyncio.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()))
+        try:
+            await on_expiry()
+        except Exception:
+            log.exception("closing a websocket whose token expired failed")
+
+
+class TransportWsHandler(BaseGraphQLTransportWSHandler[ContextT, RootValueT]):
+    """graphql-transport-ws: Strawberry's handler, with the rules in this module's docstring."""
+
+    def __init__(
+        self,
+        view: View[ContextT, RootValueT],
+        websocket: AsyncWebSocketAdapter,
+        context: ContextT,
+        root_value: RootValueT | None,
+        schema: BaseSchema,
+        connection_init_wait_timeout: timedelta,
+        max_subscriptions_per_connection: int | None = None,
+    ) -> None:
+        self.socket = ClosingSocket(websocket)
+        super().__init__(
+            view,
+            self.socket,
+            context,
+            root_value,
+            schema,
+            connection_init_wait_timeout,
+            max_subscriptions_per_connection,
+        )
+        self.deadline = Deadline()
+
+    async def shutdown(self) -> None:
+        await self.deadline.cancel()
+        await super().shutdown()
+
+    async def handle_message(self, message: transport.Message) -> None:
+        if self.socket.closed:
+            return
+        problem = transport_message_problem(message)
+        if problem is not None:
+            await self.handle_invalid_message(problem)
+            return
+        await super().handle_message(message)
+
+    async def handle_connection_init(self, message: transport.ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        if self.connection_acknowledged and not self.socket.closed:
+            self.deadline.arm(self.context.principal, self.expire)
+
+    async def handle_subscribe(self, message: transport.SubscribeMessage) -> None:
+        # Forget operations that ended without deregistering, so that the cap and the
+        # duplicate-id check below (and Strawberry's) see only running ones.
+        for operation_id, operation in list(self.operations.items()):
+            if operation.task is not None and operation.task.done():
+                del self.operations[operation_id]
+        limit = self.max_subscriptions_per_connection
+        if (
+            self.connection_acknowledged
+            and message["id"] not in self.operations
+            and limit is not None
+            and len(self.operations) >= limit
+        ):
+            error = subscription_limit_error(limit)
+            await self.send_message(
+                {"id": message["id"], "type": "error", "payload": [error.formatted]}
+            )
+            return
+        await super().handle_subscribe(message)
+
+    async def expire(self) -> None:
+        await self.socket.close(4403, TOKEN_EXPIRED)
+        for operation in self.operations.values():
+            if operation.task is not None:
+                operation.task.cancel()  # left registered for shutdown to await
+
+
+class LegacyWsHandler(BaseGraphQLWSHandler[ContextT, RootValueT]):
+    """Legacy graphql-ws (subscriptions-transport-ws) held to graphql-transport-ws's rules."""
+
+    def __init__(
+        self,
+        view: View[ContextT, RootValueT],
+        websocket: AsyncWebSocketAdapter,
+        context: ContextT,
+        root_value: RootValueT | None,
+        schema: BaseSchema,
+        keep_alive: bool,
+        keep_alive_interval: float | None,
+        max_subscriptions_per_connection: int | None = None,
+    ) -> None:
+        self.socket = ClosingSocket(websocket)
+        super().__init__(
+            view,
+            self.socket,
+            context,
+            root_value,
+            schema,
+            keep_alive,
+            keep_alive_interval,
+            max_subscriptions_per_connection,
+        )
+        # Strawberry's legacy handler has no init timeout; the view's is the modern one's.
+        self.connection_init_wait_timeout: timedelta = view.connection_init_wait_timeout
+        self.connection_init_received = False
+        self.init_timeout_task: asyncio.Task[None] | None = None
+        self.deadline = Deadline()
+
+    async def handle(self) -> None:
+        self.init_timeout_task = asyncio.create_task(self.close_unless_initialised())
+        try:
+            try:
+                async for message in self.websocket.iter_json():
+                    await self.handle_message(cast("legacy.OperationMessage", message))
+            except NonTextMessageReceived:
+                await self.socket.close(4400, "WebSocket message type must be text")
+            except NonJsonMessageReceived:
+                await self.socket.close(4400, "WebSocket message must be valid JSON")
+        except WebSocketDisconnected:
+            pass
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        await self.deadline.cancel()
+        for task in (self.init_timeout_task, self.keep_alive_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+        await self.cleanup()
+
+    async def close_unless_initialised(self) -> None:
+        await asyncio.sleep(self.connection_init_wait_timeout.total_seconds())
+        if not self.connection_init_received:
+            await self.socket.close(4408, "Connection initialisation timeout")
+
+    async def handle_message(self, message: legacy.OperationMessage) -> None:
+        if self.socket.closed:
+            return
+        problem = legacy_message_problem(message)
+        if problem is not None:
+            await self.socket.close(4400, problem)
+            return
+        kind = message["type"]
+        if kind == "connection_init":
+            await self.handle_connection_init(cast("legacy.ConnectionInitMessage", message))
+        elif kind == "connection_terminate":
+            await self.handle_connection_terminate(
+                cast("legacy.ConnectionTerminateMessage", message)
+            )
+        elif kind == "start":
+            await self.handle_start(cast("legacy.StartMessage", message))
+        else:
+            await self.handle_stop(cast("legacy.StopMessage", message))
+
+    async def handle_connection_init(self, message: legacy.ConnectionInitMessage) -> None:
+        if self.init_timeout_task is not None:
+            self.init_timeout_task.cancel()
+        payload = message.get("payload")
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, dict):
+            await self.socket.close(4400, "Invalid connection init payload")
+            return
+        if self.connection_init_received:
+            await self.socket.close(4429, "Too many initialisation requests")
+            return
+        self.connection_init_received = True
+        self.context.connection_params = payload
+        try:
+            ack_payload = await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError:
+            # Like graphql-transport-ws: one reason, whatever on_ws_connect knew.
+            await self.send_message(
+                {"type": "connection_error", "payload": {"message": "Forbidden"}}
+            )
+            await self.socket.close(4403, "Forbidden")
+            return
+        if isinstance(ack_payload, UnsetType) or ack_payload is None:
+            await self.send_message({"type": "connection_ack"})
+        else:
+            await self.send_message({"type": "connection_ack", "payload": ack_payload})
+        self.connection_acknowledged = True
+        self.deadline.arm(self.context.principal, self.expire)
+        if self.keep_alive:
+            self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
+
+    async def handle_start(self, message: legacy.StartMessage) -> None:
+        if not self.connection_acknowledged:
+            await self.socket.close(4401, "Unauthorized")
+            return
+        operation_id = message["id"]
+        for finished in [key for key, task in self.tasks.items() if task.done()]:
+            self.tasks.pop(finished, None)
+            self.subscriptions.pop(finished, None)
+        if operation_id in self.tasks:
+            # Strawberry would silently replace the running operation.
+            await self.socket.close(4409, f"Subscriber for {operation_id} already exists")
+            return
+        limit = self.max_subscriptions_per_connection
+        if limit is not None and len(self.tasks) >= limit:
+            error = subscription_limit_error(limit)
+            await self.send_message(
+                {"type": "error", "id": operation_id, "payload": error.formatted}
+            )
+            return
+        await super().handle_start(message)
+
+    async def expire(self) -> None:
+        await self.socket.close(4403, TOKEN_EXPIRED)
+        for task in list(self.tasks.values()):
+            task.cancel()  # shutdown awaits them
+
+
+def subscription_limit_error(limit: int) -> GraphQLError:
+    return GraphQLError(
+        f"Subscription limit reached: at most {limit} running operations per connection.",
+        extensions={"code": TOO_MANY_SUBSCRIPTIONS},
+    )
+
+
+def fit_reason(reason: str) -> str:
+    encoded = reason.encode()
+    if len(encoded) <= MAX_REASON_BYTES:
+        return reason
+    return encoded[: MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+_TRANSPORT_TYPES = {"connection_init", "ping", "pong", "subscribe", "complete"}
+_LEGACY_TYPES = {"connection_init", "connection_terminate", "start", "stop"}
+
+
+def transport_message_problem(message: object) -> str | None:
+    """Why a graphql-transport-ws frame must close the connection with 4400, if it must.
+    (Strawberry's own checks raise TypeError on some of these instead of closing.)"""
+    problem = _envelope_problem(message, _TRANSPORT_TYPES)
+    if problem is not None:
+        return problem
+    message = cast("dict[str, Any]", message)
+    if message["type"] in ("subscribe", "complete") and not isinstance(message.get("id"), str):
+        return "Failed to parse message"
+    if message["type"] == "subscribe":
+        return _operation_payload_problem(message.get("payload"), "subscribe")
+    return None
+
+
+def legacy_message_problem(message: object) -> str | None:
+    """Why a graphql-ws frame must close the connection with 4400, if it must."""
+    problem = _envelope_problem(message, _LEGACY_TYPES)
+    if problem is not None:
+        return problem
+    message = cast("dict[str, Any]", message)
+    if message["type"] in ("start", "stop") and not isinstance(message.get("id"), str):
+        return "Failed to parse message"
+    if message["type"] == "start":
+        return _operation_payload_problem(message.get("payload"), "start")
+    return None
+
+
+def _envelope_problem(message: object, known_types: set[str]) -> str | None:
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return "Failed to parse message"
+    if message["type"] not in known_types:
+        return f"Unknown message type: {message['type']}"
+    return None
+
+
+def _operation_payload_problem(payload: object, kind: str) -> str | None:
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("query"), str)
+        or not isinstance(payload.get("variables", {}), dict | None)
+        or not isinstance(payload.get("operationName"), str | None)
+        or not isinstance(payload.get("extensions", {}), dict | None)
+    ):
+        return f"Invalid {kind} message payload"
+    return None
