@@ -1,5 +1,6 @@
 """Pure ASGI middlewares around the API: a request id on everything, a cap on request bodies,
-CORS for the browser origins allowed, and the origin check for websockets.
+and CORS for the browser origins allowed. (The websocket Origin check is the Strawberry view's,
+given the same allowed origins.)
 
 Wrap the app as RequestId(cors(BodyLimit(app, max_bytes), origins)): the id goes outermost so
 every response carries it (413s and preflights included), and CORS goes outside the body
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Mapping
 from contextvars import ContextVar
 from urllib.parse import urlsplit
 
@@ -24,7 +24,6 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _ACCEPTED_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DIGITS = re.compile(r"[0-9]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_WS_SCHEMES = {"ws": "http", "wss": "https"}
 
 # The id of the request being served, for the error masking and the log filter. A ContextVar
 # (not a global value): each request runs in its own context, and tasks started while serving
@@ -184,44 +183,6 @@ def cors(app: ASGIApp, allowed_origins: tuple[str, ...]) -> ASGIApp:
         allow_credentials=False,
         max_age=600,
     )
-
-
-def origin_allowed(
-    headers: Mapping[str, str] | Headers,
-    allowed_origins: tuple[str, ...],
-    *,
-    scheme: str | None = None,
-) -> bool:
-    """Whether a websocket handshake with these headers may proceed.
-
-    Yes without an Origin header (not a browser), when "*" is allowed, when the Origin is an
-    allowed one, or when it is the request's own origin: the Host header, with `scheme` the
-    request's (ws/wss/http/https; pass websocket.url.scheme). Without a scheme only host and
-    port are compared, the Host's default port taken from the Origin's scheme (for a TLS proxy
-    that does not tell the app). Compared lowercase, default ports normalised.
-    """
-    origin = _header(headers, "origin")
-    if origin is None or "*" in allowed_origins:
-        return True
-    claimed = _parse_origin(origin)
-    if claimed is None:
-        return False  # "null" (sandboxed pages, file://) or garbage
-    if claimed in {_parse_origin(allowed) for allowed in allowed_origins}:
-        return True
-    host = _header(headers, "host")
-    if host is None:
-        return False
-    own_scheme = _WS_SCHEMES.get(scheme.lower(), scheme.lower()) if scheme else claimed[0]
-    return _parse_origin(f"{own_scheme}://{host}") == claimed
-
-
-def _header(headers: Mapping[str, str] | Headers, name: str) -> str | None:
-    if isinstance(headers, Headers):
-        return headers.get(name)
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return None
 
 
 def _parse_origin(origin: str) -> tuple[str, str, int] | None:

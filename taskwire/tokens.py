@@ -4,51 +4,51 @@ Follows RFC 8725 (JWT best current practices) and OWASP's JWT cheat sheet: the a
 pinned by the configured key and never read from the token, exp/sub/aud/iss are required,
 user and watch tokens are told apart by explicit typing (`typ`), their own audience and, when
 WATCH_TOKEN_SECRET is set, their own key. Every refusal is an Unauthenticated with a short
-message that never repeats what the token said.
+message that never repeats what the token said. The keys are read by taskwire.keys.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import secrets
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import jwt
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.exceptions import InvalidSubjectError
 
 from taskwire.errors import SettingsError, Unauthenticated
 from taskwire.identity import Principal
+from taskwire.keys import (
+    MIN_RSA_BITS,
+    MIN_SECRET_BYTES,
+    Key,
+    KeySet,
+    hs256_secret,
+    jwks_file,
+    key_file,
+)
 from taskwire.settings import Settings
 
-log = logging.getLogger(__name__)
+# MIN_SECRET_BYTES and MIN_RSA_BITS live with the key loading (taskwire.keys) and are still
+# exported from here, where they were first.
+__all__ = [
+    "MAX_SUBJECT_CHARS",
+    "MAX_TOKEN_BYTES",
+    "MIN_RSA_BITS",
+    "MIN_SECRET_BYTES",
+    "WATCH_TOKEN_TYPE",
+    "TokenVerifier",
+    "bearer_token",
+    "mint_token",
+]
 
 WATCH_TOKEN_TYPE = "taskwire-watch+jwt"
 MAX_TOKEN_BYTES = 8 * 1024
-MIN_SECRET_BYTES = 32
-MIN_RSA_BITS = 2048
 MAX_SUBJECT_CHARS = 200
 _REQUIRED = ("exp", "sub", "aud", "iss")
-# JWK members that only a private (or symmetric) key has: such a key has no place on a server
-# that only verifies.
-_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _INVALID = "The token is not valid."
-
-
-@dataclass(frozen=True, slots=True)
-class _Key:
-    """A verification key and the one algorithm it may be used with."""
-
-    key: bytes | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
-    algorithm: str
 
 
 class TokenVerifier:
@@ -59,15 +59,15 @@ class TokenVerifier:
         self,
         settings: Settings,
         *,
-        user_key: _Key | None,
-        jwks: tuple[tuple[str | None, _Key], ...] = (),
+        user_key: Key | None,
+        jwks: KeySet = (),
         watch_secret: bytes | None = None,
     ) -> None:
         self._settings = settings
         self._user_key = user_key
         self._jwks = jwks
         self._watch_secret = watch_secret
-        self._watch_key = _Key(watch_secret, "HS256") if watch_secret is not None else None
+        self._watch_key = Key(watch_secret, "HS256") if watch_secret is not None else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenVerifier:
@@ -97,21 +97,21 @@ class TokenVerifier:
                 "AUTH_MODE=jwt needs one of JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE "
                 "(or AUTH_MODE=none for local use)."
             )
-        user_key: _Key | None = None
-        jwks: tuple[tuple[str | None, _Key], ...] = ()
+        user_key: Key | None = None
+        jwks: KeySet = ()
         if settings.jwt_secret:
-            user_key = _Key(_secret(settings.jwt_secret, "JWT_SECRET"), "HS256")
+            user_key = Key(hs256_secret(settings.jwt_secret, "JWT_SECRET"), "HS256")
         elif settings.jwt_public_key_file:
-            user_key = _key_file(settings.jwt_public_key_file)
+            user_key = key_file(settings.jwt_public_key_file)
         elif settings.jwt_jwks_file:
             # Read once, here: a rotated JWKS takes a restart (re-reading is not implemented).
-            jwks = _jwks_file(settings.jwt_jwks_file)
+            jwks = jwks_file(settings.jwt_jwks_file)
         # Watch tokens are ours alone: their own secret, else the user secret when there is one.
         watch: bytes | None = None
         if settings.watch_token_secret:
-            watch = _secret(settings.watch_token_secret, "WATCH_TOKEN_SECRET")
+            watch = hs256_secret(settings.watch_token_secret, "WATCH_TOKEN_SECRET")
         elif settings.jwt_secret:
-            watch = _secret(settings.jwt_secret, "JWT_SECRET")
+            watch = hs256_secret(settings.jwt_secret, "JWT_SECRET")
         return cls(settings, user_key=user_key, jwks=jwks, watch_secret=watch)
 
     def verify(self, token: str, *, now: datetime | None = None) -> Principal:
@@ -155,7 +155,7 @@ class TokenVerifier:
             claims, self._watch_secret, algorithm="HS256", headers={"typ": WATCH_TOKEN_TYPE}
         )
 
-    def _select(self, header: dict[str, Any]) -> _Key:
+    def _select(self, header: dict[str, Any]) -> Key:
         """The configured key for a user token: kid only picks among keys we already trust."""
         if self._user_key is not None:
             return self._user_key
@@ -171,9 +171,7 @@ class TokenVerifier:
                 return key
         raise Unauthenticated("The token's signing key is not known.")
 
-    def _decode(
-        self, token: str, key: _Key, *, watch: bool, now: datetime | None
-    ) -> dict[str, Any]:
+    def _decode(self, token: str, key: Key, *, watch: bool, now: datetime | None) -> dict[str, Any]:
         settings = self._settings
         audience = f"{settings.jwt_audience}:watch" if watch else settings.jwt_audience
         try:
@@ -243,7 +241,7 @@ def mint_token(
         "exp": issued + ttl_seconds,
         "jti": secrets.token_urlsafe(16),
     }
-    return jwt.encode(claims, _secret(settings.jwt_secret, "JWT_SECRET"), algorithm="HS256")
+    return jwt.encode(claims, hs256_secret(settings.jwt_secret, "JWT_SECRET"), algorithm="HS256")
 
 
 def _task_id(value: object) -> UUID:
@@ -309,96 +307,3 @@ def _checked_subject(subject: object) -> str:
     ):
         raise ValueError(f"the subject must be 1 to {MAX_SUBJECT_CHARS} printable characters")
     return subject
-
-
-def _secret(value: str, name: str) -> bytes:
-    raw = value.encode()
-    if "-----BEGIN" in value:
-        raise SettingsError(
-            f"{name} looks like a PEM key; put a public key in JWT_PUBLIC_KEY_FILE instead."
-        )
-    if len(raw) < MIN_SECRET_BYTES:
-        raise SettingsError(
-            f"{name} must be at least {MIN_SECRET_BYTES} bytes (it has {len(raw)}); make one "
-            'with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
-        )
-    return raw
-
-
-def _pinned(key: object, where: str) -> _Key:
-    """The algorithm follows from the key's type: RS256 for RSA, EdDSA for Ed25519."""
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise SettingsError(
-                f"{where} is a {key.key_size}-bit RSA key; at least {MIN_RSA_BITS} bits needed."
-            )
-        return _Key(key, "RS256")
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return _Key(key, "EdDSA")
-    raise SettingsError(f"{where} must be an RSA (2048 bits or more) or Ed25519 public key.")
-
-
-def _read(path: str, name: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise SettingsError(f"{name}: cannot read {path} ({exc.strerror or exc}).") from None
-
-
-def _key_file(path: str) -> _Key:
-    name = "JWT_PUBLIC_KEY_FILE"
-    data = _read(path, name)
-    if b"PRIVATE KEY" in data:
-        raise SettingsError(f"{name}: {path} holds a private key; give the public key only.")
-    try:
-        key = load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise SettingsError(f"{name}: {path} is not a PEM public key.") from None
-    return _pinned(key, f"{name}: {path}")
-
-
-def _jwks_file(path: str) -> tuple[tuple[str | None, _Key], ...]:
-    name = "JWT_JWKS_FILE"
-    try:
-        document = json.loads(_read(path, name))
-    except (ValueError, RecursionError):
-        raise SettingsError(f"{name}: {path} is not valid JSON.") from None
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise SettingsError(f'{name}: {path} is not a JWK set (an object with a "keys" list).')
-    keys: list[tuple[str | None, _Key]] = []
-    for index, jwk in enumerate(document["keys"]):
-        kid = jwk.get("kid") if isinstance(jwk, dict) else None
-        where = f"{name}: key {kid if isinstance(kid, str) else f'#{index}'} of {path}"
-        if not isinstance(jwk, dict) or not (kid is None or isinstance(kid, str)):
-            raise SettingsError(f"{where} is not a JWK with a string kid.")
-        if _PRIVATE_JWK_MEMBERS & jwk.keys():
-            raise SettingsError(f"{where} holds private key material; publish public keys only.")
-        usable = _jwk_algorithm(jwk)
-        if jwk.get("use", "sig") != "sig" or usable is None:
-            log.warning("%s is not an RSA or Ed25519 signing key; ignored", where)
-            continue
-        try:
-            key = jwt.PyJWK(jwk, algorithm=usable).key
-        except jwt.PyJWTError:
-            raise SettingsError(f"{where} is not a valid public key.") from None
-        keys.append((kid, _pinned(key, where)))
-    if not keys:
-        raise SettingsError(
-            f"{name}: {path} holds no usable signing key (RSA of {MIN_RSA_BITS} bits or more, "
-            "or Ed25519)."
-        )
-    kids = [kid for kid, _ in keys]
-    if len(keys) > 1 and (None in kids or len(set(kids)) != len(kids)):
-        raise SettingsError(f"{name}: {path} has several keys; each needs its own kid.")
-    return tuple(keys)
-
-
-def _jwk_algorithm(jwk: dict[str, Any]) -> str | None:
-    """The key's type decides; a stated `alg` must agree (else the key is not used)."""
-    if jwk.get("kty") == "RSA":
-        algorithm = "RS256"
-    elif jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519":
-        algorithm = "EdDSA"
-    else:
-        return None
-    return algorithm if jwk.get("alg", algorithm) == algorithm else None

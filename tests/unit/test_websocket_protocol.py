@@ -1,6 +1,6 @@
-"""Both websocket subprotocols under the same rules (graphql_api.websocket), over a real uvicorn
-server on a free loopback port and the `websockets` client: close codes, the subscription cap
-and token expiry."""
+"""Both websocket subprotocols under the same rules (graphql_api.websocket and .frames), over
+a real uvicorn server on a free loopback port and the `websockets` client: close codes, the
+subscription cap and token expiry."""
 
 from __future__ import annotations
 
@@ -30,12 +30,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from graphql_api.websocket import (
-    MAX_REASON_BYTES,
-    TOO_MANY_SUBSCRIPTIONS,
-    LegacyWsHandler,
-    TransportWsHandler,
-)
+from graphql_api.frames import MAX_REASON_BYTES
+from graphql_api.websocket import TOO_MANY_SUBSCRIPTIONS, LegacyWsHandler, TransportWsHandler
 from taskwire.identity import Principal
 
 pytestmark = pytest.mark.timeout(30)
