@@ -65,7 +65,8 @@ class TaskwireGraphQL(GraphQL[Context, None]):
             try:
                 principal = self.auth.from_header(authorization)
             except Unauthenticated as error:
-                await unauthenticated_response(error)(scope, receive, send)
+                response = unauthenticated_response(error, token_sent=bool(authorization))
+                await response(scope, receive, send)
                 return
             scope.setdefault("state", {})[PRINCIPAL_STATE] = principal
         await super().__call__(scope, receive, send)
@@ -94,11 +95,23 @@ class TaskwireGraphQL(GraphQL[Context, None]):
         return HTMLResponse(graphiql_html(GRAPHIQL_PREFIX))
 
     def decode_json(self, data: str | bytes) -> object:
+        # Strawberry maps only JSONDecodeError to a 400 (HTTP) or a 4400 close (websocket): a
+        # body that is not UTF-8 or is nested past the recursion limit would be a 500.
         try:
             return json.loads(data)
         except UnicodeDecodeError as exc:
-            # Strawberry only maps JSONDecodeError to 400; a body that is not UTF-8 would be a 500.
             raise HTTPException(400, "The request body must be UTF-8 encoded JSON.") from exc
+        except RecursionError:
+            text = data if isinstance(data, str) else ""
+            raise json.JSONDecodeError("JSON nested too deeply", text, 0) from None
+
+    def parse_json(self, data: str | bytes) -> Any:
+        # HTTP bodies only (websocket frames have their own shape checks): Strawberry reads
+        # fields off the body and fails with a 500 on a string, a number or null.
+        decoded = super().parse_json(data)
+        if not isinstance(decoded, dict | list):
+            raise HTTPException(400, "The request body must be a JSON object.")
+        return decoded
 
 
 def create_app(settings: Settings, *, background: Sequence[Background] = ()) -> ASGIApp:

@@ -53,10 +53,14 @@ class Authenticator:
         return self._tokens.mint_watch_token(owner, task_id)
 
 
-def unauthenticated_response(error: Unauthenticated) -> JSONResponse:
-    """401 with the GraphQL error shape, and the RFC 6750 challenge."""
+def unauthenticated_response(error: Unauthenticated, *, token_sent: bool) -> JSONResponse:
+    """401 with the GraphQL error shape, and the RFC 6750 challenge (which names no error
+    when the request carried no credentials at all, section 3.1)."""
+    challenge = 'Bearer realm="taskwire"'
+    if token_sent:
+        challenge += ', error="invalid_token"'
     return JSONResponse(
         {"errors": [{"message": error.message, "extensions": error.extensions}]},
         status_code=401,
-        headers={"WWW-Authenticate": 'Bearer realm="taskwire", error="invalid_token"'},
+        headers={"WWW-Authenticate": challenge},
     )

@@ -5,6 +5,7 @@ and logged in full on the server, both with the same request id to match them.""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -68,12 +69,17 @@ def request_id_of(error: GraphQLError) -> str:
     return request_id
 
 
+_BAD_VARIABLE_VALUE = re.compile(r"Variable '\$\w+' (has|got) invalid value")
+
+
 def _request_error_code(message: str) -> str:
     # Includes the token limit ("Syntax Error: Document contains more than N tokens."): the
     # document was refused while being parsed.
     if message.startswith("Syntax Error"):
         return "GRAPHQL_PARSE_FAILED"
-    if message.startswith("Variable '$"):
+    # A variable's value that does not fit its type is the caller's input; a document that
+    # declares or uses variables wrongly ("is never used", "is not defined") is not valid.
+    if _BAD_VARIABLE_VALUE.match(message):
         return "BAD_USER_INPUT"
     return "GRAPHQL_VALIDATION_FAILED"
 

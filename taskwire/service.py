@@ -58,10 +58,23 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
 def check_idempotency_key(key: str | None) -> None:
-    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+    if key is None:
+        return
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
         raise BadUserInput(
             f"idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long."
         )
+    # The same rules as inputData: the database stores only valid Unicode text without NUL.
+    if "\x00" in key or not _is_unicode(key):
+        raise BadUserInput("idempotencyKey must be valid Unicode text without NUL characters.")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
 
 
 def _require_write(caller: Principal) -> None:
