@@ -5,10 +5,12 @@ and channel prefix."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aio_pika
 import pytest
 
 from tests.support.auth import AUTH_ENV
@@ -20,6 +22,7 @@ from tests.support.processes import (
     run_to_completion,
     wait_until_ready,
 )
+from tests.support.rabbitmq import delete_topology
 
 TASK_DELAY_SECONDS = "1"
 
@@ -40,14 +43,18 @@ class Deployment(ApiAddress):
         return [self.api, *self.processors]
 
 
-@pytest.fixture(scope="module")
-async def deployment(
+@asynccontextmanager
+async def running_deployment(
     postgres_admin_url: str,
     redis_url: str,
     rabbitmq_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    workdir: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    processors: int = 2,
 ) -> AsyncIterator[Deployment]:
-    workdir = tmp_path_factory.mktemp("deployment")
+    """A migrated fresh database, `processors` processors and a ready API, stopped on exit.
+    `extra_env` adds or overrides settings (limits, origins...) for every process."""
     tag = uuid.uuid4().hex[:10]
     async with fresh_postgres_database(postgres_admin_url) as database_url:
         env = {
@@ -60,22 +67,41 @@ async def deployment(
             "LEASE_SECONDS": "10",
             "KEEPALIVE_SECONDS": "0.5",
             **AUTH_ENV,
+            **(extra_env or {}),
         }
         run_to_completion(["migrate"], env=env, cwd=workdir)
         port = free_port()
         api = TaskwireProcess(
             "api", ["api", "--port", str(port)], env=env, log_dir=workdir, cwd=workdir
         )
-        processors = [
+        workers = [
             TaskwireProcess(f"processor-{n}", ["processor"], env=env, log_dir=workdir, cwd=workdir)
-            for n in (1, 2)
+            for n in range(1, processors + 1)
         ]
-        deployment = Deployment(env=env, workdir=workdir, port=port, api=api, processors=processors)
+        deployment = Deployment(env=env, workdir=workdir, port=port, api=api, processors=workers)
         try:
-            for processor in processors:
+            for processor in workers:
                 processor.start()
             await deployment.start_api()
             yield deployment
         finally:
             for process in deployment.all_processes():
                 process.stop()
+            # The broker is shared by the whole session: leave none of this deployment's queues.
+            connection = await aio_pika.connect(rabbitmq_url, timeout=10)
+            try:
+                await delete_topology(connection, env["QUEUE_NAME"])
+            finally:
+                await connection.close()
+
+
+@pytest.fixture(scope="module")
+async def deployment(
+    postgres_admin_url: str,
+    redis_url: str,
+    rabbitmq_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Deployment]:
+    workdir = tmp_path_factory.mktemp("deployment")
+    async with running_deployment(postgres_admin_url, redis_url, rabbitmq_url, workdir) as running:
+        yield running
