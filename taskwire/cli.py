@@ -13,7 +13,8 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from typing import Any
 
 from taskwire.errors import SettingsError
 from taskwire.settings import Settings, is_memory
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "migrate":
         return _migrate(settings)
     if command == "processor":
-        return asyncio.run(_processor(settings))
+        return _run_loop(_processor(settings))
     if command == "api":
         return _serve(settings, args.host, args.port, embedded_processor=False)
     # dev: everything in one process, embedded defaults, schema created on start.
@@ -206,7 +207,9 @@ def _serve(settings: Settings, host: str, port: int, *, embedded_processor: bool
         ws_per_message_deflate=False,  # compression nearly doubles memory per subscription
         ws_ping_interval=settings.keepalive_seconds,
         ws_ping_timeout=max(20.0, settings.keepalive_seconds),
-        log_level="info",
+        # uvicorn's access log follows LOG_LEVEL: one line per request at INFO, none above it
+        # (a line per request is a measurable cost at high request rates).
+        log_level=logging.getLevelName(logging.getLogger().level).lower(),
         timeout_graceful_shutdown=10,
     )
     if embedded_processor:
@@ -232,6 +235,17 @@ def _graceful_server_class() -> type:
                     self._captured_signals.clear()
 
     return GracefulServer
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop when it is installed (it comes with uvicorn[standard], which the API already runs
+    on): the processor spends a measurable share of its CPU in the event loop's socket code."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a slimmed install
+        return asyncio.run(main)
+    status: int = uvloop.run(main)
+    return status
 
 
 async def _processor(settings: Settings) -> int:

@@ -94,13 +94,20 @@ tasks = sa.Table(
 )
 
 
-def create_engine(url: str, *, pool_size: int) -> AsyncEngine:
-    """An async engine for `postgresql+asyncpg://` or `sqlite+aiosqlite://` URLs."""
+def create_engine(url: str, *, pool_size: int, autocommit: bool = False) -> AsyncEngine:
+    """An async engine for `postgresql+asyncpg://` or `sqlite+aiosqlite://` URLs.
+
+    `autocommit` (PostgreSQL only) puts every connection in autocommit from the start, for a
+    caller that runs single statements only: a connection that must switch at each checkout
+    pays round trips for it, and its pre-ping runs BEGIN/ROLLBACK around the probe
+    (measured: 716 us per checkout and statement, 500 us with this)."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, pool_size=pool_size)
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     return create_async_engine(
         parsed,
+        **options,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=10,

@@ -23,6 +23,7 @@ from taskwire.errors import (
 from taskwire.identity import Principal
 from taskwire.models import Task, TaskStatus, backoff_seconds
 from taskwire.ports import RESYNC, Resync
+from taskwire.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ async def watch_task(
             event: Task | Resync = (
                 RESYNC
                 if resync_pending
-                else await subscription.get(timeout=services.settings.watch_recheck_seconds)
+                else await subscription.get(timeout=_recheck_after(services.settings))
             )
             if isinstance(event, Resync):
                 # Events may have been missed (reconnect, overflow, or a long silence):
@@ -235,6 +236,12 @@ async def watch_task(
             if event.version > current.version:
                 current = event
                 yield current
+
+
+def _recheck_after(settings: Settings) -> float:
+    # Spread over +-25 %: subscriptions opened together (a reconnect storm, a page of tasks)
+    # would otherwise all re-read the database in the same instant, every time.
+    return settings.watch_recheck_seconds * (0.75 + random.random() / 2)
 
 
 async def claim_task(services: Services, task_id: UUID, *, worker: str) -> Task | None:
@@ -311,7 +318,10 @@ async def dispatch_due(services: Services, *, limit: int = 100) -> int:
 
 async def announce(services: Services, task: Task) -> None:
     """Write-through to the cache, then tell subscribers. Redis is an accelerator: a failure
-    here is logged and never undoes or fails the transition that already committed."""
+    here is logged and never undoes or fails the transition that already committed.
+
+    In this order, not at once: a subscriber that arrives after the event was published reads
+    the cache next, which must already hold this version (or it would wait for a recheck)."""
     await _cache(services, task)
     try:
         await services.events.publish(task)

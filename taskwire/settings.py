@@ -19,7 +19,10 @@ class Settings:
     redis_url: str = MEMORY_URL
     task_delay_seconds: float = 5.0
     result_ttl_seconds: int = 60
-    processor_concurrency: int = 64
+    # Tasks one processor holds at once (the prefetch). The work mostly waits, so a process
+    # keeps hundreds in flight on a handful of database connections (measured: 1,000 at 5 s
+    # each in 89 MiB).
+    processor_concurrency: int = 512
     max_input_bytes: int = 64 * 1024
     # A claim is a lease: a worker that stops renewing it loses the task to another worker.
     lease_seconds: float = 30.0

@@ -270,7 +270,8 @@ async def open_store(
     clock: Callable[[], datetime] = _utc_now,
 ) -> AsyncIterator[SqlTaskStore]:
     """A store on its own engine, disposed of on exit."""
-    engine = create_engine(url, pool_size=pool_size)
+    # Every store call is one statement (see SqlTaskStore.__init__).
+    engine = create_engine(url, pool_size=pool_size, autocommit=True)
     try:
         yield SqlTaskStore(engine, dispatch_grace_seconds=dispatch_grace_seconds, clock=clock)
     finally:

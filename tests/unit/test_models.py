@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -105,3 +107,20 @@ def test_snapshots_from_before_attempt_limits_still_decode() -> None:
     legacy = task.to_json().replace(',"attempt_limit":3', "")
     assert "attempt_limit" not in legacy
     assert Task.from_json(legacy) == task
+
+
+def test_the_json_snapshot_carries_every_field() -> None:
+    task = Task(
+        id=uuid4(),
+        status=TaskStatus.PENDING,
+        input_data="x",
+        result=None,
+        error=None,
+        attempts=0,
+        version=1,
+        created_at=datetime.now(UTC),
+        updated_at=datetime.now(UTC),
+        owner="alice",
+    )
+
+    assert set(json.loads(task.to_json())) == {field.name for field in dataclasses.fields(Task)}

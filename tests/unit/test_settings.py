@@ -14,7 +14,7 @@ def test_defaults_are_the_embedded_mode() -> None:
     assert settings.redis_url == "memory://"
     assert settings.task_delay_seconds == 5.0
     assert settings.result_ttl_seconds == 60
-    assert settings.processor_concurrency == 64
+    assert settings.processor_concurrency == 512
     assert settings.max_input_bytes == 64 * 1024
 
 
