@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import ipaddress
 import logging
 import os
@@ -23,6 +24,7 @@ from taskwire.tokens import TokenVerifier, mint_token
 log = logging.getLogger("taskwire")
 
 LOOPBACK = "127.0.0.1"
+GC_GEN0_THRESHOLD = 50_000
 REQUEST_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 # `taskwire token --ttl`: seconds, or a number with s/m/h/d, at most 30 days.
 _TTL = re.compile(r"([0-9]+)([smhd]?)")
@@ -72,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "migrate":
         return _migrate(settings)
     if command == "processor":
+        _tune_gc()
         return _run_loop(_processor(settings))
     if command == "api":
         return _serve(settings, args.host, args.port, embedded_processor=False)
@@ -215,8 +218,21 @@ def _serve(settings: Settings, host: str, port: int, *, embedded_processor: bool
     if embedded_processor:
         log.info("taskwire dev: open http://%s:%d/graphql", host, port)
     server = _graceful_server_class()(config)
+    _tune_gc()
     server.run()
     return 0 if server.started else 1
+
+
+def _tune_gc() -> None:
+    """The objects alive at start (modules, the schema, the app) never become garbage: freezing
+    them spares every full collection a walk over them. And a long-running server allocates
+    per request far more than the default gen-0 threshold of 700, so collections ran every few
+    requests and stalled the loop (DESIGN.md measured p99 1.2 s -> 25 ms with 5,000
+    subscribers)."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def _graceful_server_class() -> type:
