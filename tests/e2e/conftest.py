@@ -13,6 +13,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
+from tests.e2e.hardened import TaskRows, task_rows
 from tests.support.auth import AUTH_ENV
 from tests.support.databases import fresh_postgres_database
 from tests.support.processes import (
@@ -93,6 +94,34 @@ async def running_deployment(
                 await delete_topology(connection, env["QUEUE_NAME"])
             finally:
                 await connection.close()
+
+
+@pytest.fixture(scope="module")
+async def api(
+    request: pytest.FixtureRequest,
+    postgres_admin_url: str,
+    redis_url: str,
+    rabbitmq_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Deployment]:
+    """A deployment of the test module's own: its SETTINGS (extra environment) and PROCESSORS."""
+    workdir = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    async with running_deployment(
+        postgres_admin_url,
+        redis_url,
+        rabbitmq_url,
+        workdir,
+        extra_env=getattr(request.module, "SETTINGS", {}),
+        processors=getattr(request.module, "PROCESSORS", 2),
+    ) as deployment:
+        yield deployment
+
+
+@pytest.fixture(scope="module")
+async def rows(api: Deployment) -> AsyncIterator[TaskRows]:
+    """The tasks table of the module's deployment."""
+    async with task_rows(api) as table:
+        yield table
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,16 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.e2e.conftest import Deployment
 from tests.support.auth import TEST_JWT_SECRET
+
+if TYPE_CHECKING:  # conftest imports this module for its fixtures
+    from tests.e2e.conftest import Deployment
 
 T = TypeVar("T")
 

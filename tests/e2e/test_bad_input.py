@@ -22,7 +22,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.e2e.conftest import Deployment, running_deployment
+from tests.e2e.conftest import Deployment
 from tests.e2e.hardened import (
     ALLOWED_ORIGIN,
     CANCEL,
@@ -39,7 +39,6 @@ from tests.e2e.hardened import (
     fresh_subject,
     json_or_none,
     poll,
-    task_rows,
     wait_for_row_status,
 )
 from tests.support.auth import TEST_JWT_SECRET, token_for
@@ -55,6 +54,8 @@ POISON = "!poison!"
 MAX_INPUT_BYTES = 64 * 1024
 MAX_REQUEST_BYTES = 256 * 1024
 RATE_BURST = 5
+# The module's deployment (the `api` fixture of tests/e2e/conftest.py).
+PROCESSORS = 1
 SETTINGS = {
     "ALLOWED_ORIGINS": ALLOWED_ORIGIN,
     # A burst of 5, then one task per 10 s: a flood sent within seconds gets exactly 5.
@@ -66,26 +67,6 @@ SETTINGS = {
     "POISON_MARKER": POISON,
     "MAX_ATTEMPTS": "1",
 }
-
-
-@pytest.fixture(scope="module")
-async def api(
-    postgres_admin_url: str,
-    redis_url: str,
-    rabbitmq_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Deployment]:
-    workdir = tmp_path_factory.mktemp("bad-input")
-    async with running_deployment(
-        postgres_admin_url, redis_url, rabbitmq_url, workdir, extra_env=SETTINGS, processors=1
-    ) as deployment:
-        yield deployment
-
-
-@pytest.fixture(scope="module")
-async def rows(api: Deployment) -> AsyncIterator[TaskRows]:
-    async with task_rows(api) as table:
-        yield table
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
-from tests.e2e.conftest import Deployment, running_deployment
+from tests.e2e.conftest import Deployment
 from tests.e2e.hardened import (
     ALLOWED_ORIGIN,
     CREATE,
@@ -36,7 +36,6 @@ from tests.e2e.hardened import (
     TaskRows,
     assert_nothing_leaked,
     fresh_subject,
-    task_rows,
 )
 from tests.support.auth import TEST_JWT_SECRET, token_for
 from tests.support.client import GRAPHQL_TRANSPORT_WS, LEGACY_GRAPHQL_WS
@@ -46,6 +45,8 @@ pytestmark = pytest.mark.timeout(60)
 INIT_TIMEOUT_SECONDS = 1.0
 MAX_SUBSCRIPTIONS = 3
 MAX_FRAME_BYTES = 65536
+# The module's deployment (the `api` fixture of tests/e2e/conftest.py).
+PROCESSORS = 0
 SETTINGS = {
     "ALLOWED_ORIGINS": ALLOWED_ORIGIN,
     "WS_INIT_TIMEOUT_SECONDS": str(INIT_TIMEOUT_SECONDS),
@@ -75,26 +76,6 @@ PROTOCOLS = [
     pytest.param(TRANSPORT, id=GRAPHQL_TRANSPORT_WS),
     pytest.param(LEGACY, id=LEGACY_GRAPHQL_WS),
 ]
-
-
-@pytest.fixture(scope="module")
-async def api(
-    postgres_admin_url: str,
-    redis_url: str,
-    rabbitmq_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Deployment]:
-    workdir = tmp_path_factory.mktemp("bad-input-ws")
-    async with running_deployment(
-        postgres_admin_url, redis_url, rabbitmq_url, workdir, extra_env=SETTINGS, processors=0
-    ) as deployment:
-        yield deployment
-
-
-@pytest.fixture(scope="module")
-async def rows(api: Deployment) -> AsyncIterator[TaskRows]:
-    async with task_rows(api) as table:
-        yield table
 
 
 async def create_task(api: Deployment, owner: str, text: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ Reproducible: examples are derandomized (a fixed seed per test), so CI runs the 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,11 @@ from schemathesis.generation import GenerationMode
 from schemathesis.graphql.checks import GraphQLServerError
 from schemathesis.specs.graphql.schemas import GraphQLSchema
 
-from tests.e2e.conftest import Deployment, running_deployment
+from tests.e2e.conftest import Deployment
 from tests.e2e.hardened import (
     TaskRows,
     assert_nothing_leaked,
     fresh_subject,
-    task_rows,
     wait_for_row_status,
 )
 from tests.support.auth import token_for
@@ -39,6 +37,8 @@ pytestmark = pytest.mark.timeout(120)
 SCHEMA = Path(__file__).parents[2] / "schema.graphql"
 EXAMPLES_PER_OPERATION = 80
 POISON = "!poison!"
+# The module's deployment (the `api` fixture of tests/e2e/conftest.py).
+PROCESSORS = 1
 SETTINGS = {
     # Fuzzing creates many tasks from one owner: the rate limit would answer most of them.
     "RATE_LIMIT_PER_MINUTE": "0",
@@ -54,26 +54,6 @@ OPERATIONS = ("Query.task", "Mutation.createTask", "Mutation.cancelTask", "Mutat
 # server error; an error with one of these codes is an answer. Any other code (or none, or
 # INTERNAL_SERVER_ERROR) still fails.
 ANSWERS = frozenset({"BAD_USER_INPUT", "NOT_FOUND", "CONFLICT"})
-
-
-@pytest.fixture(scope="module")
-async def api(
-    postgres_admin_url: str,
-    redis_url: str,
-    rabbitmq_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Deployment]:
-    workdir = tmp_path_factory.mktemp("fuzz")
-    async with running_deployment(
-        postgres_admin_url, redis_url, rabbitmq_url, workdir, extra_env=SETTINGS, processors=1
-    ) as deployment:
-        yield deployment
-
-
-@pytest.fixture(scope="module")
-async def rows(api: Deployment) -> AsyncIterator[TaskRows]:
-    async with task_rows(api) as table:
-        yield table
 
 
 @pytest.fixture(scope="module")
