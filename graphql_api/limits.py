@@ -29,12 +29,8 @@ from graphql import (
     ValidationRule,
 )
 from graphql.language.visitor import SKIP, VisitorAction
-from strawberry.extensions import (
-    AddValidationRules,
-    DisableIntrospection,
-    MaxTokensLimiter,
-    SchemaExtension,
-)
+from graphql.validation import NoSchemaIntrospectionCustomRule
+from strawberry.extensions import SchemaExtension
 
 from taskwire.settings import Settings
 
@@ -57,15 +53,43 @@ def limit_extensions(settings: Settings) -> list[Extension]:
         depth_limit(settings.max_query_depth),
         alias_limit(settings.max_aliases),
     ]
-    extensions: list[Extension] = [
-        # Strawberry's limiter is safe to build per request (it only sets a parse option);
-        # ParserCache keys its cache on that option, so a cached parse is still limited.
-        partial(MaxTokensLimiter, max_token_count=settings.max_query_tokens),
-        partial(AddValidationRules, rules),
-    ]
     if not settings.introspection:
-        extensions += [DisableIntrospection, HideSuggestions]
-    return extensions
+        rules.append(NoSchemaIntrospectionCustomRule)
+    return [
+        partial(
+            RequestLimits,
+            max_tokens=settings.max_query_tokens,
+            rules=tuple(rules),
+            hide_suggestions=not settings.introspection,
+        )
+    ]
+
+
+class RequestLimits(SchemaExtension):
+    """All the limits in one extension. Strawberry builds every extension for every operation,
+    and a subscription keeps them (and their suspended hooks) for its whole life: one object
+    instead of four is memory saved on every idle subscription."""
+
+    def __init__(
+        self, *, max_tokens: int, rules: tuple[type[ASTValidationRule], ...], hide_suggestions: bool
+    ) -> None:
+        self.max_tokens = max_tokens
+        self.rules = rules
+        self.hide_suggestions = hide_suggestions
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context
+        # ParserCache keys its cache on this option, so a cached parse is still limited.
+        context.parse_options["max_tokens"] = self.max_tokens
+        context.validation_rules = (*context.validation_rules, *self.rules)
+        yield
+        if self.hide_suggestions:
+            _hide_in(context.result)
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        if self.hide_suggestions:
+            _hide_in(result)
+        yield None
 
 
 class _LimitRule(ValidationRule):
@@ -224,21 +248,10 @@ def hide_suggestions(message: str) -> str:
     return _SUGGESTION.sub("", message)
 
 
-class HideSuggestions(SchemaExtension):
-    """Strips "Did you mean ...?" from every error (validation and variable coercion alike),
-    since with introspection off those hints would still leak field, type and argument names.
-    Results are rewritten with new error objects: validation errors may be ValidationCache's."""
-
-    def on_operation(self) -> Iterator[None]:
-        yield
-        _hide_in(self.execution_context.result)
-
-    def on_stream_result(self, result: Any) -> Iterator[None]:
-        _hide_in(result)
-        yield None
-
-
 def _hide_in(result: object) -> None:
+    # "Did you mean ...?" goes from every error (validation and variable coercion alike): with
+    # introspection off those hints would still spell out field, type and argument names.
+    # Results get new error objects: validation errors may be ValidationCache's.
     errors: list[GraphQLError] | None = getattr(result, "errors", None)
     if errors:
         result.errors = [_without_suggestions(e) for e in errors]  # type: ignore[attr-defined]

@@ -341,9 +341,10 @@ def test_hide_suggestions(message: str, expected: str) -> None:
     assert hide_suggestions(message) == expected
 
 
-def test_the_limits_follow_the_settings() -> None:
-    assert len(limit_extensions(Settings(introspection=True))) == 2
-    assert len(limit_extensions(Settings(introspection=False))) == 4
+def test_all_limits_are_one_extension() -> None:
+    # Every extension is built per operation and kept by a subscription for its whole life.
+    assert len(limit_extensions(Settings(introspection=True))) == 1
+    assert len(limit_extensions(Settings(introspection=False))) == 1
 
 
 class Stats(Protocol):
