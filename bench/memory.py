@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +27,7 @@ from bench.ws_parent import (
     open_files_limit,
     processes_for,
     raise_fd_limit,
+    report_errors,
     split,
     wait_ready,
 )
@@ -97,12 +97,7 @@ async def _layout(stack: Stack, name: str, per_connection: int) -> Measurement:
         results = await _hold(deployment, task_ids, SUBSCRIPTIONS, per_connection, read_rss)
         after = await settled_rss(deployment, pid)
         held = int(sum(result["held"] for result in results))
-        for result in results:
-            if result.get("first_error"):
-                print(
-                    f"bench {name}: {result['errors']} error(s), e.g. {result['first_error']}",
-                    file=sys.stderr,
-                )
+        report_errors(name, results)
         return Measurement(
             scenario=name,
             throughput=None,

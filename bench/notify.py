@@ -36,6 +36,7 @@ from bench.ws_parent import (
     open_files_limit,
     processes_for,
     raise_fd_limit,
+    report_errors,
     split,
     wait_ready,
 )
@@ -194,12 +195,7 @@ def _measurement(
             "load_cpu_seconds",
         )
     }
-    for result in results:
-        if result.get("first_error"):
-            print(
-                f"bench {name}: {result['errors']} error(s), e.g. {result['first_error']}",
-                file=sys.stderr,
-            )
+    report_errors(name, results)
     return Measurement(
         scenario=name,
         throughput=None,

@@ -9,7 +9,8 @@ import json
 import os
 import resource
 import signal
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,3 +83,13 @@ def raise_fd_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def report_errors(name: str, results: Sequence[Mapping[str, Any]]) -> None:
+    """One line on stderr per load process that saw errors, with its first one."""
+    for result in results:
+        if result.get("first_error"):
+            print(
+                f"bench {name}: {result['errors']} error(s), e.g. {result['first_error']}",
+                file=sys.stderr,
+            )
