@@ -24,6 +24,7 @@ from bench.registry import Scenario, at_most
 from bench.stack import Deployment, Stack
 from bench.ws_parent import (
     RELEASE_SIGNAL,
+    graphql_ws_url,
     open_files_limit,
     processes_for,
     raise_fd_limit,
@@ -139,7 +140,7 @@ async def _hold(
                     "bench.ws_load",
                     {
                         "mode": "subscribe",
-                        "ws_url": "ws" + api_url.removeprefix("http") + "/graphql",
+                        "ws_url": graphql_ws_url(api_url),
                         "token": deployment.token(),
                         "task_ids": share,
                         "subs_per_task": subs_per_task,

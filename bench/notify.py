@@ -33,6 +33,7 @@ from bench.registry import Scenario, at_most, p99_ms
 from bench.stack import Deployment, Stack
 from bench.ws_parent import (
     cpu_seconds,
+    graphql_ws_url,
     open_files_limit,
     processes_for,
     raise_fd_limit,
@@ -99,7 +100,7 @@ async def _single(deployment: Deployment, seconds: float) -> Measurement:
     params = {
         "mode": "single",
         "http_url": f"{api_url}/graphql",
-        "ws_url": _ws(api_url),
+        "ws_url": graphql_ws_url(api_url),
         "token": deployment.token(),
         "seconds": seconds,
     }
@@ -131,7 +132,7 @@ async def _bulk(deployment: Deployment, size: int, seconds: float) -> Measuremen
                     "bench.ws_load",
                     {
                         "mode": "subscribe",
-                        "ws_url": _ws(api_url),
+                        "ws_url": graphql_ws_url(api_url),
                         "token": token,
                         "task_ids": share,
                         "subs_per_task": size // tasks,
@@ -203,10 +204,6 @@ def _measurement(
         peak_rss_kib=deployment.peak_rss_kib(deployment.api_pids[0]),
         extra={**totals, "load_processes": float(len(results)), **extra},
     )
-
-
-def _ws(api_url: str) -> str:
-    return "ws" + api_url.removeprefix("http") + "/graphql"
 
 
 @asynccontextmanager

@@ -30,6 +30,7 @@ from bench.load import run_load
 from bench.model import Measurement
 from bench.registry import Scenario
 from bench.stack import Deployment, Stack
+from bench.ws_parent import graphql_ws_url
 from taskwire.models import TERMINAL
 
 NAME = "push-vs-poll"
@@ -197,7 +198,7 @@ async def _phase(deployment: Deployment, counters: Counters, how: str, total: in
             "mode": "wait",
             "how": how,
             "http_url": f"{api_url}/graphql",
-            "ws_url": "ws" + api_url.removeprefix("http") + "/graphql",
+            "ws_url": graphql_ws_url(api_url),
             "token": deployment.token(),
             "clients": CLIENTS,
             "poll_interval": POLL_SECONDS,

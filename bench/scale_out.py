@@ -13,7 +13,7 @@ from bench.load import run_load
 from bench.model import Measurement, percentile
 from bench.registry import Scenario
 from bench.stack import Stack
-from bench.ws_parent import cpu_seconds
+from bench.ws_parent import cpu_seconds, graphql_ws_url
 
 NAME = "scale-out"
 CLIENTS = 100
@@ -47,7 +47,7 @@ async def run(stack: Stack, seconds: float) -> list[Measurement]:
             {
                 "mode": "relay",
                 "create_url": f"{create_on}/graphql",
-                "ws_url": "ws" + subscribe_on.removeprefix("http") + "/graphql",
+                "ws_url": graphql_ws_url(subscribe_on),
                 "token": deployment.token(),
                 "clients": CLIENTS,
                 "seconds": seconds,

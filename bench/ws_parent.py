@@ -93,3 +93,8 @@ def report_errors(name: str, results: Sequence[Mapping[str, Any]]) -> None:
                 f"bench {name}: {result['errors']} error(s), e.g. {result['first_error']}",
                 file=sys.stderr,
             )
+
+
+def graphql_ws_url(api_url: str) -> str:
+    """ws://host:port/graphql for an API at http://host:port."""
+    return "ws" + api_url.removeprefix("http") + "/graphql"
