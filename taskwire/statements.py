@@ -93,27 +93,31 @@ _GIVE_UP_ERROR = (
     # The processor cannot report its own death (kill -9, OOM) or freeze: the lease says it.
     + _text(" attempts: the worker running it was lost.")
 )
-CLAIM = (
-    sa.update(tasks)
-    .where(
-        tasks.c.id == _param("p_id"),
-        sa.or_(sa.and_(tasks.c.status == PENDING, _HAS_BUDGET), _LEASE_EXPIRED),
+
+
+def _claim(which: sa.ColumnElement[bool]) -> sa.Update:
+    return (
+        sa.update(tasks)
+        .where(which, sa.or_(sa.and_(tasks.c.status == PENDING, _HAS_BUDGET), _LEASE_EXPIRED))
+        .values(
+            **_NEXT_VERSION,
+            status=_by_budget(_PROCESSING, _FAILED),
+            attempts=_by_budget(tasks.c.attempts + 1, tasks.c.attempts),
+            started_at=_by_budget(_time(NOW), tasks.c.started_at),
+            finished_at=_by_budget(sa.null(), _time(NOW)),
+            error=_by_budget(tasks.c.error, _GIVE_UP_ERROR),
+            lease_owner=_by_budget(sa.bindparam("p_worker", type_=sa.String()), sa.null()),
+            lease_expires_at=_by_budget(_time("p_lease_until"), sa.null()),
+            # The dispatcher has nothing to do for this task until the lease lapses (nor ever,
+            # once it is FAILED: the dispatcher only looks at PENDING and PROCESSING tasks).
+            dispatch_after=_by_budget(_time("p_lease_until"), tasks.c.dispatch_after),
+        )
+        .returning(*_SNAPSHOT)
     )
-    .values(
-        **_NEXT_VERSION,
-        status=_by_budget(_PROCESSING, _FAILED),
-        attempts=_by_budget(tasks.c.attempts + 1, tasks.c.attempts),
-        started_at=_by_budget(_time(NOW), tasks.c.started_at),
-        finished_at=_by_budget(sa.null(), _time(NOW)),
-        error=_by_budget(tasks.c.error, _GIVE_UP_ERROR),
-        lease_owner=_by_budget(sa.bindparam("p_worker", type_=sa.String()), sa.null()),
-        lease_expires_at=_by_budget(_time("p_lease_until"), sa.null()),
-        # The dispatcher has nothing to do for this task until the lease lapses (nor ever, once
-        # it is FAILED: the dispatcher only looks at PENDING and PROCESSING tasks).
-        dispatch_after=_by_budget(_time("p_lease_until"), tasks.c.dispatch_after),
-    )
-    .returning(*_SNAPSHOT)
-)
+
+
+CLAIM = _claim(tasks.c.id == _param("p_id"))
+
 FINISH = (
     sa.update(tasks)
     .where(_CURRENT_ATTEMPT)
@@ -215,3 +219,33 @@ DISPATCH = (
     .returning(tasks.c.id)
 )
 PING = sa.select(sa.literal(1))
+
+# Batched forms for PostgreSQL (taskwire.batching): one statement for many tasks, each row as
+# legal as it would be on its own. Callers never put one task twice in a batch.
+CLAIM_MANY = _claim(tasks.c.id == sa.any_(sa.bindparam("p_ids", type_=postgresql.ARRAY(sa.Uuid()))))
+_COMPLETIONS = (
+    sa.func.unnest(
+        sa.bindparam("p_ids", type_=postgresql.ARRAY(sa.Uuid())),
+        sa.bindparam("p_attempts", type_=postgresql.ARRAY(sa.Integer())),
+        sa.bindparam("p_results", type_=postgresql.ARRAY(sa.Text())),
+    )
+    .table_valued("id", "attempt", "result")
+    .render_derived(name="done")
+)
+COMPLETE_MANY = (
+    sa.update(tasks)
+    .where(
+        tasks.c.id == _COMPLETIONS.c.id,
+        tasks.c.status == _PROCESSING,
+        tasks.c.attempts == _COMPLETIONS.c.attempt,
+    )
+    .values(
+        **_NEXT_VERSION,
+        **_NO_LEASE,
+        status=TaskStatus.COMPLETED.value,
+        result=_COMPLETIONS.c.result,
+        error=None,
+        finished_at=_time(NOW),
+    )
+    .returning(*_SNAPSHOT)
+)

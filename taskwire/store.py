@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from taskwire import statements
+from taskwire.batching import Batcher
 from taskwire.db import create_engine
 from taskwire.errors import ServiceUnavailable
 from taskwire.models import Task, TaskStatus
@@ -40,6 +41,22 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class _Claim(NamedTuple):
+    task_id: UUID
+    worker: str
+    lease_seconds: float
+
+
+class _Completion(NamedTuple):
+    task_id: UUID
+    attempt: int
+    result: str
+
+
+def _task_id(item: _Claim | _Completion) -> UUID:
+    return item.task_id
+
+
 class SqlTaskStore:
     """taskwire.ports.TaskStore on an async SQLAlchemy engine (which the caller owns)."""
 
@@ -55,10 +72,18 @@ class SqlTaskStore:
             # Each call is one statement, atomic on its own: autocommit spares the BEGIN and
             # COMMIT round trips (measured: a get() takes half the time).
             self._connect = engine.execution_options(isolation_level="AUTOCOMMIT").connect
+            # A processor's hundreds of concurrent claims and completions share statements.
+            self._claims: Batcher[_Claim, Task | None] | None = Batcher(
+                self._claim_batch, key=_task_id
+            )
+            self._completions: Batcher[_Completion, Task | None] | None = Batcher(
+                self._complete_batch, key=_task_id
+            )
         else:
             # pysqlite flips isolation levels through aiosqlite's thread on every checkout,
             # which costs more than the transaction it saves (measured: twice as slow).
             self._connect = engine.begin
+            self._claims = self._completions = None
         self._insert = statements.INSERTS[engine.dialect.name]
         self._grace = timedelta(seconds=dispatch_grace_seconds)
         self._clock = clock
@@ -115,6 +140,8 @@ class SqlTaskStore:
         return _task(await self._execute(statements.GET, {"p_id": task_id}))
 
     async def claim(self, task_id: UUID, *, worker: str, lease_seconds: float) -> Task | None:
+        if self._claims is not None:
+            return await self._claims.submit(_Claim(task_id, worker, lease_seconds))
         now = self._clock()
         params = {
             "p_id": task_id,
@@ -125,7 +152,36 @@ class SqlTaskStore:
         return _task(await self._execute(statements.CLAIM, params))
 
     async def complete(self, task_id: UUID, *, attempt: int, result: str) -> Task | None:
+        if self._completions is not None:
+            return await self._completions.submit(_Completion(task_id, attempt, result))
         return await self._finish(task_id, attempt, TaskStatus.COMPLETED, result=result)
+
+    async def _claim_batch(self, claims: Sequence[_Claim]) -> list[Task | None]:
+        claimed: dict[UUID, Task] = {}
+        # One statement per worker and lease: in practice every claim of a process shares both.
+        groups: dict[tuple[str, float], list[UUID]] = {}
+        for claim in claims:
+            groups.setdefault((claim.worker, claim.lease_seconds), []).append(claim.task_id)
+        for (worker, lease_seconds), task_ids in groups.items():
+            now = self._clock()
+            params = {
+                "p_ids": task_ids,
+                statements.NOW: now,
+                "p_worker": worker,
+                "p_lease_until": now + timedelta(seconds=lease_seconds),
+            }
+            claimed.update(_tasks(await self._execute(statements.CLAIM_MANY, params)))
+        return [claimed.get(claim.task_id) for claim in claims]
+
+    async def _complete_batch(self, completions: Sequence[_Completion]) -> list[Task | None]:
+        params = {
+            "p_ids": [item.task_id for item in completions],
+            "p_attempts": [item.attempt for item in completions],
+            "p_results": [item.result for item in completions],
+            statements.NOW: self._clock(),
+        }
+        done = _tasks(await self._execute(statements.COMPLETE_MANY, params))
+        return [done.get(item.task_id) for item in completions]
 
     async def fail(self, task_id: UUID, *, attempt: int, error: str) -> Task | None:
         return await self._finish(task_id, attempt, TaskStatus.FAILED, error=error)
@@ -226,9 +282,14 @@ class SqlTaskStore:
 
 
 def _task(rows: Sequence[Sequence[Any]]) -> Task | None:
-    if not rows:
-        return None
-    row = rows[0]
+    return _snapshot(rows[0]) if rows else None
+
+
+def _tasks(rows: Sequence[Sequence[Any]]) -> dict[UUID, Task]:
+    return {row[0]: _snapshot(row) for row in rows}
+
+
+def _snapshot(row: Sequence[Any]) -> Task:
     return Task(
         id=row[0],
         status=TaskStatus(row[1]),

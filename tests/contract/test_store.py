@@ -300,6 +300,70 @@ async def test_concurrent_claims_have_one_winner(store: SqlTaskStore) -> None:
     assert await store.get(task.id) == winners[0]
 
 
+async def test_concurrent_claims_of_many_tasks_each_win_once(store: SqlTaskStore) -> None:
+    """Concurrent calls may share one statement (PostgreSQL batches them): each task is still
+    claimed exactly once, and each caller gets its own task back."""
+    created = [await new_task(store, f"input {n}") for n in range(40)]
+
+    # Every task twice: the second claim of each must lose, whichever batch it lands in.
+    claims = await asyncio.gather(
+        *(
+            store.claim(task.id, worker=f"w{n}", lease_seconds=LEASE)
+            for n, task in enumerate(created + created)
+        )
+    )
+
+    by_task: dict[UUID, list[Task]] = {}
+    for claim in claims:
+        if claim is not None:
+            by_task.setdefault(claim.id, []).append(claim)
+    assert sorted(by_task) == sorted(task.id for task in created)
+    for task in created:
+        [claim] = by_task[task.id]
+        assert (claim.status, claim.attempts, claim.input_data) == (
+            TaskStatus.PROCESSING,
+            1,
+            task.input_data,
+        )
+        assert await store.get(task.id) == claim
+
+
+async def test_concurrent_completions_are_fenced_one_by_one(store: SqlTaskStore) -> None:
+    claims = [await claimed(store) for _ in range(20)]
+
+    outcomes = await asyncio.gather(
+        *(
+            store.complete(claim.id, attempt=1 if n % 2 == 0 else 2, result=f"result {n}")
+            for n, claim in enumerate(claims)
+        )
+    )
+
+    for n, (claim, outcome) in enumerate(zip(claims, outcomes, strict=True)):
+        if n % 2 == 0:
+            assert outcome is not None
+            assert (outcome.status, outcome.result, outcome.version) == (
+                TaskStatus.COMPLETED,
+                f"result {n}",
+                3,
+            )
+            assert await store.get(claim.id) == outcome
+        else:
+            assert outcome is None
+            assert await store.get(claim.id) == claim
+
+
+async def test_a_completion_racing_its_duplicate_wins_once(store: SqlTaskStore) -> None:
+    claim = await claimed(store)
+
+    outcomes = await asyncio.gather(
+        *(store.complete(claim.id, attempt=1, result=f"r{n}") for n in range(5))
+    )
+
+    winners = [outcome for outcome in outcomes if outcome is not None]
+    assert len(winners) == 1
+    assert await store.get(claim.id) == winners[0]
+
+
 # --- finishing, fenced by the attempt ------------------------------------------------------
 
 
