@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from itertools import islice
 from uuid import UUID
@@ -16,8 +16,9 @@ from uuid import UUID
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from taskwire.batching import Batcher
 from taskwire.errors import ServiceUnavailable
 from taskwire.models import Task
 from taskwire.ports import TaskCache
@@ -71,29 +72,52 @@ def _ttl_ms(ttl_seconds: float) -> int:
 
 
 class RedisTaskCache:
+    """Concurrent reads, and concurrent writes, each go out as one pipeline (taskwire.batching):
+    under load a round trip carries many tasks instead of one."""
+
     def __init__(self, client: Redis, *, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
         # No I/O here: the script is loaded on first use (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
         self._put = client.register_script(_PUT_SCRIPT)
+        self._reads: Batcher[UUID, Task | None] = Batcher(self._get_batch)
+        self._writes: Batcher[tuple[Task, float], bool] = Batcher(self._put_batch)
 
     def key(self, task_id: UUID) -> str:
         return f"{self._prefix}:task:{task_id}"
 
     async def get(self, task_id: UUID) -> Task | None:
-        key = self.key(task_id)
+        return await self._reads.submit(task_id)
+
+    async def put(self, task: Task, *, ttl_seconds: float) -> bool:
+        return await self._writes.submit((task, ttl_seconds))
+
+    async def _get_batch(self, task_ids: Sequence[UUID]) -> list[Task | None]:
+        pipeline = self._client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipeline.hget(self.key(task_id), "d")
         try:
-            raw: bytes | str | None = await self._client.hget(key, "d")
-        except ResponseError:
+            # Errors in place: one key of the wrong type must not fail the others' reads.
+            replies = await pipeline.execute(raise_on_error=False)
+        except RedisError as exc:
+            raise ServiceUnavailable(f"Redis cache: {exc}") from exc
+        return [
+            await self._entry(task_id, reply)
+            for task_id, reply in zip(task_ids, replies, strict=True)
+        ]
+
+    async def _entry(self, task_id: UUID, reply: object) -> Task | None:
+        key = self.key(task_id)
+        if isinstance(reply, ResponseError):
             # WRONGTYPE: something that is not our hash sits at the key.
             await self._discard(key)
             return None
-        except RedisError as exc:
-            raise ServiceUnavailable(f"Redis cache: {exc}") from exc
-        if raw is None:
+        if isinstance(reply, RedisError):
+            raise ServiceUnavailable(f"Redis cache: {reply}")
+        if reply is None:
             return None
         try:
-            task = Task.from_json(raw)
+            task = Task.from_json(reply) if isinstance(reply, bytes | str) else None
         except (ValueError, KeyError, TypeError):
             task = None
         if task is None or task.id != task_id:
@@ -102,15 +126,36 @@ class RedisTaskCache:
             return None
         return task
 
-    async def put(self, task: Task, *, ttl_seconds: float) -> bool:
+    async def _put_batch(self, writes: Sequence[tuple[Task, float]]) -> list[bool]:
         try:
-            stored = await self._put(
-                keys=[self.key(task.id)],
-                args=[task.version, task.to_json(), _ttl_ms(ttl_seconds)],
-            )
+            replies = await self._run_puts(writes)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                # Redis restarted or flushed its scripts; NOSCRIPT means nothing ran.
+                await self._client.script_load(_PUT_SCRIPT)
+                replies = await self._run_puts(writes)
         except RedisError as exc:
             raise ServiceUnavailable(f"Redis cache: {exc}") from exc
-        return bool(stored)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise ServiceUnavailable(f"Redis cache: {reply}")
+        return [bool(reply) for reply in replies]
+
+    async def _run_puts(self, writes: Sequence[tuple[Task, float]]) -> list[object]:
+        # EVALSHA queued by hand: a pipeline given the Script object would first ask SCRIPT
+        # EXISTS on every execute, a round trip of its own. In submission order, so two
+        # versions of one task meet the compare-and-set in turn.
+        pipeline = self._client.pipeline(transaction=False)
+        for task, ttl_seconds in writes:
+            pipeline.evalsha(
+                self._put.sha,
+                1,
+                self.key(task.id),
+                task.version,
+                task.to_json(),
+                _ttl_ms(ttl_seconds),
+            )
+        replies: list[object] = await pipeline.execute(raise_on_error=False)
+        return replies
 
     async def ping(self) -> None:
         try:

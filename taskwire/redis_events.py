@@ -18,6 +18,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from taskwire.batching import Batcher
 from taskwire.cache import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS, redis_client
 from taskwire.errors import ServiceUnavailable
 from taskwire.events import QUEUE_SIZE, Inbox
@@ -78,6 +79,8 @@ class RedisEventBus:
     ) -> None:
         self._prefix = prefix
         self._client = redis_client(url)
+        # Concurrent publishes share one pipeline; Redis runs it in order.
+        self._publishes: Batcher[Task, None] = Batcher(self._publish_batch)
         # A bare connection rather than redis-py's PubSub: PubSub reconnects and resubscribes
         # behind our back (and after longer outages does not), while subscribers must learn of
         # every reconnect to re-read their snapshot. RESP2, where messages are plain replies in
@@ -138,10 +141,17 @@ class RedisEventBus:
         await self._client.aclose()
 
     async def publish(self, task: Task) -> None:
+        await self._publishes.submit(task)
+
+    async def _publish_batch(self, tasks: Sequence[Task]) -> list[None]:
+        pipeline = self._client.pipeline(transaction=False)
+        for task in tasks:
+            pipeline.publish(self.channel(task.id), task.to_json())
         try:
-            await self._client.publish(self.channel(task.id), task.to_json())
+            await pipeline.execute()
         except RedisError as exc:
             raise ServiceUnavailable(f"Redis events: {exc}") from exc
+        return [None] * len(tasks)
 
     @asynccontextmanager
     async def subscribe(self, task_id: UUID) -> AsyncIterator[Subscription]:

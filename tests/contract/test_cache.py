@@ -102,6 +102,27 @@ async def test_an_expired_newer_version_no_longer_blocks_an_older_one(cache: Tas
     assert await cache.get(newer.id) == older
 
 
+async def test_concurrent_writes_of_one_task_keep_the_newest(cache: TaskCache) -> None:
+    """Concurrent calls may share one round trip (Redis batches them): each write still meets
+    the compare-and-set on its own, in the order the calls were made."""
+    first = make_task(1)
+    versions = [make_task(v, first.id, status=TaskStatus.PROCESSING) for v in (3, 1, 5, 2, 4)]
+
+    stored = await asyncio.gather(*(cache.put(task, ttl_seconds=TTL) for task in versions))
+
+    assert stored == [True, False, True, False, False]
+    assert await cache.get(first.id) == versions[2]
+
+
+async def test_concurrent_reads_each_get_their_own_task(cache: TaskCache) -> None:
+    tasks = [make_task(n + 1, result=f"result {n}") for n in range(30)]
+    await asyncio.gather(*(cache.put(task, ttl_seconds=TTL) for task in tasks[:20]))
+
+    found = await asyncio.gather(*(cache.get(task.id) for task in tasks))
+
+    assert found == tasks[:20] + [None] * 10
+
+
 async def test_ping_succeeds_when_reachable(cache: TaskCache) -> None:
     await cache.ping()
 

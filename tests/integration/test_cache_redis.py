@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from uuid import uuid4
 
@@ -97,6 +98,36 @@ async def test_a_key_of_another_type_is_a_miss_and_is_deleted(
     assert await cache.get(task_id) is None
 
     assert await redis_admin.exists(key) == 0
+
+
+async def test_a_key_of_another_type_spoils_no_other_read_in_its_batch(
+    cache: RedisTaskCache, redis_admin: Redis
+) -> None:
+    good = [make_task(1) for _ in range(5)]
+    for task in good:
+        await cache.put(task, ttl_seconds=30)
+    bad_id = uuid4()
+    await redis_admin.set(cache.key(bad_id), "garbage")
+
+    found = await asyncio.gather(
+        *(cache.get(task_id) for task_id in [bad_id, *(t.id for t in good)])
+    )
+
+    assert found == [None, *good]
+    assert await redis_admin.exists(cache.key(bad_id)) == 0
+
+
+async def test_writes_survive_a_flushed_script_cache(
+    cache: RedisTaskCache, redis_admin: Redis
+) -> None:
+    await cache.put(make_task(1), ttl_seconds=30)  # the script is loaded now
+    await redis_admin.script_flush()
+    tasks = [make_task(1) for _ in range(3)]
+
+    stored = await asyncio.gather(*(cache.put(task, ttl_seconds=30) for task in tasks))
+
+    assert stored == [True, True, True]
+    assert [await cache.get(task.id) for task in tasks] == tasks
 
 
 @pytest.mark.parametrize("kind", ["string", "bad-version"])
