@@ -36,7 +36,7 @@ SHARE_OF_UPDATE_RATE = 0.5
 MIN_IN_FLIGHT = 500
 # Sizes the pre-load so that processing lasts about the budget (it is a guess: the rate
 # itself comes from timestamps, whatever N is).
-TASKS_PER_SECOND_GUESS = 300
+TASKS_PER_SECOND_GUESS = 1000
 MIN_TASKS = 500
 # In-flight: more tasks than the raised prefetch, a 5 s delay, and a raised concurrency to
 # show what the process holds when the prefetch is not what limits it.

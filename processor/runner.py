@@ -9,13 +9,13 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Coroutine
+from typing import Any
 
 from processor.handler import handle
 from taskwire import service
 from taskwire.bootstrap import Services
 from taskwire.errors import ServiceUnavailable
-from taskwire.ports import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,16 @@ async def run(services: Services, stop: asyncio.Event) -> None:
         async with services.queue.consume(
             prefetch=services.settings.processor_concurrency
         ) as deliveries:
-            async for delivery in _until(stop, deliveries):
-                job = asyncio.create_task(handle(services, delivery, worker=worker))
-                inflight.add(job)
-                job.add_done_callback(inflight.discard)
+
+            async def take_all() -> None:
+                # No await between deliveries that are already buffered: a burst becomes
+                # hundreds of handlers in one turn of the loop, whose claims share statements.
+                async for delivery in deliveries:
+                    job = asyncio.create_task(handle(services, delivery, worker=worker))
+                    inflight.add(job)
+                    job.add_done_callback(inflight.discard)
+
+            await _until(stop, take_all())
             # Settle what is in flight on the channel it came from, before the consumer closes.
             await _drain(inflight, grace_seconds=services.settings.shutdown_grace_seconds)
     finally:
@@ -65,25 +71,23 @@ async def dispatch_forever(services: Services, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=interval)
 
 
-async def _until(
-    stop: asyncio.Event, deliveries: AsyncIterator[Delivery]
-) -> AsyncIterator[Delivery]:
+async def _until(stop: asyncio.Event, consuming: Coroutine[Any, Any, None]) -> None:
+    """Run `consuming` until it ends or `stop` is set, whichever comes first."""
+    consumer = asyncio.ensure_future(consuming)
     stopped = asyncio.ensure_future(stop.wait())
     try:
-        while True:
-            following = asyncio.ensure_future(anext(deliveries))
-            await asyncio.wait({following, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not following.done():
-                following.cancel()
-                await asyncio.gather(following, return_exceptions=True)
-                return
-            try:
-                delivery = following.result()
-            except StopAsyncIteration:
-                return
-            yield delivery
+        await asyncio.wait({consumer, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopped.cancel()
+        if not consumer.done():
+            # Between deliveries it only ever waits for the next one: cancelling loses none.
+            consumer.cancel()
+        await asyncio.gather(stopped, return_exceptions=True)
+    try:
+        await consumer
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
 
 
 async def _drain(inflight: set[asyncio.Task[None]], *, grace_seconds: float) -> None:
