@@ -16,12 +16,13 @@ from uuid import UUID
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from taskwire.batching import Batcher
 from taskwire.errors import ServiceUnavailable
 from taskwire.models import Task
 from taskwire.ports import TaskCache
+from taskwire.redis_scripts import Call, PipelinedScript
 from taskwire.settings import is_memory
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,7 @@ class RedisTaskCache:
     def __init__(self, client: Redis, *, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
-        # No I/O here: the script is loaded on first use (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
-        self._put = client.register_script(_PUT_SCRIPT)
+        self._put = PipelinedScript(client, _PUT_SCRIPT)
         self._reads: Batcher[UUID, Task | None] = Batcher(self._get_batch)
         self._writes: Batcher[tuple[Task, float], bool] = Batcher(self._put_batch)
 
@@ -127,35 +127,19 @@ class RedisTaskCache:
         return task
 
     async def _put_batch(self, writes: Sequence[tuple[Task, float]]) -> list[bool]:
+        # In call order: two versions of one task meet the compare-and-set in turn.
+        calls: list[Call] = [
+            ([self.key(task.id)], [task.version, task.to_json(), _ttl_ms(ttl_seconds)])
+            for task, ttl_seconds in writes
+        ]
         try:
-            replies = await self._run_puts(writes)
-            if any(isinstance(reply, NoScriptError) for reply in replies):
-                # Redis restarted or flushed its scripts; NOSCRIPT means nothing ran.
-                await self._client.script_load(_PUT_SCRIPT)
-                replies = await self._run_puts(writes)
+            replies = await self._put.run_many(calls)
         except RedisError as exc:
             raise ServiceUnavailable(f"Redis cache: {exc}") from exc
         for reply in replies:
             if isinstance(reply, Exception):
                 raise ServiceUnavailable(f"Redis cache: {reply}")
         return [bool(reply) for reply in replies]
-
-    async def _run_puts(self, writes: Sequence[tuple[Task, float]]) -> list[object]:
-        # EVALSHA queued by hand: a pipeline given the Script object would first ask SCRIPT
-        # EXISTS on every execute, a round trip of its own. In submission order, so two
-        # versions of one task meet the compare-and-set in turn.
-        pipeline = self._client.pipeline(transaction=False)
-        for task, ttl_seconds in writes:
-            pipeline.evalsha(
-                self._put.sha,
-                1,
-                self.key(task.id),
-                task.version,
-                task.to_json(),
-                _ttl_ms(ttl_seconds),
-            )
-        replies: list[object] = await pipeline.execute(raise_on_error=False)
-        return replies
 
     async def ping(self) -> None:
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from itertools import islice
 from typing import Protocol
@@ -21,8 +21,10 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from taskwire.batching import Batcher
 from taskwire.cache import redis_client
 from taskwire.errors import ServiceUnavailable
+from taskwire.redis_scripts import PipelinedScript
 from taskwire.settings import is_memory
 
 log = logging.getLogger(__name__)
@@ -120,20 +122,28 @@ class RedisRateLimiter:
         self._prefix = prefix
         self._interval_us = max(1, round(60_000_000 / per_minute))
         self._burst = burst
-        # No I/O here: the script is loaded on first use (EVALSHA, then SCRIPT LOAD on NOSCRIPT).
-        self._script = client.register_script(_ACQUIRE_SCRIPT)
+        self._script = PipelinedScript(client, _ACQUIRE_SCRIPT)
+        # Concurrent createTasks share one round trip; Redis runs the calls in order.
+        self._acquires: Batcher[str, float] = Batcher(self._acquire_batch)
 
     def key(self, key: str) -> str:
         return f"{self._prefix}:rate:{key}"
 
     async def acquire(self, key: str) -> float:
+        return await self._acquires.submit(key)
+
+    async def _acquire_batch(self, keys: Sequence[str]) -> list[float]:
+        calls = [([self.key(key)], [self._interval_us, self._burst]) for key in keys]
         try:
-            wait_us = await self._script(
-                keys=[self.key(key)], args=[self._interval_us, self._burst]
-            )
+            replies = await self._script.run_many(calls)
         except RedisError as exc:
             raise ServiceUnavailable(f"Redis rate limiter: {exc}") from exc
-        return int(wait_us) / 1_000_000
+        waits: list[float] = []
+        for reply in replies:
+            if not isinstance(reply, int):
+                raise ServiceUnavailable(f"Redis rate limiter: {reply!r}")
+            waits.append(reply / 1_000_000)
+        return waits
 
 
 class FallbackRateLimiter:
