@@ -249,3 +249,65 @@ COMPLETE_MANY = (
     )
     .returning(*_SNAPSHOT)
 )
+_FRESH = (
+    sa.func.unnest(
+        sa.bindparam("p_ids", type_=postgresql.ARRAY(sa.Uuid())),
+        sa.bindparam("p_inputs", type_=postgresql.ARRAY(sa.Text())),
+        sa.bindparam("p_attempt_limits", type_=postgresql.ARRAY(sa.Integer())),
+        sa.bindparam("p_created", type_=postgresql.ARRAY(sa.DateTime(timezone=True))),
+        sa.bindparam("p_dispatch_after", type_=postgresql.ARRAY(sa.DateTime(timezone=True))),
+        sa.bindparam("p_keys", type_=postgresql.ARRAY(sa.String())),
+        sa.bindparam("p_owners", type_=postgresql.ARRAY(sa.String())),
+    )
+    .table_valued(
+        "id", "input_data", "attempt_limit", "created_at", "dispatch_after", "key", "owner"
+    )
+    .render_derived(name="fresh")
+)
+# As INSERTS, for many rows: RETURNING names the ids that went in; the others met a taken key.
+INSERT_MANY = (
+    postgresql.insert(tasks)
+    .from_select(
+        [
+            tasks.c.id,
+            tasks.c.status,
+            tasks.c.input_data,
+            tasks.c.attempts,
+            tasks.c.attempt_limit,
+            tasks.c.version,
+            tasks.c.created_at,
+            tasks.c.updated_at,
+            tasks.c.dispatch_after,
+            tasks.c.idempotency_key,
+            tasks.c.owner,
+        ],
+        sa.select(
+            _FRESH.c.id,
+            sa.literal(PENDING),
+            _FRESH.c.input_data,
+            sa.literal(0),
+            _FRESH.c.attempt_limit,
+            sa.literal(1),
+            _FRESH.c.created_at,
+            _FRESH.c.created_at,
+            _FRESH.c.dispatch_after,
+            _FRESH.c.key,
+            _FRESH.c.owner,
+        ),
+    )
+    .on_conflict_do_nothing(index_elements=[tasks.c.owner, tasks.c.idempotency_key])
+    .returning(tasks.c.id)
+)
+_DEFERRALS = (
+    sa.func.unnest(
+        sa.bindparam("p_ids", type_=postgresql.ARRAY(sa.Uuid())),
+        sa.bindparam("p_dispatch_after", type_=postgresql.ARRAY(sa.DateTime(timezone=True))),
+    )
+    .table_valued("id", "dispatch_after")
+    .render_derived(name="deferred")
+)
+DEFER_MANY = (
+    sa.update(tasks)
+    .where(tasks.c.id == _DEFERRALS.c.id, sa.or_(tasks.c.status == PENDING, _LEASE_EXPIRED))
+    .values(dispatch_after=_DEFERRALS.c.dispatch_after)
+)

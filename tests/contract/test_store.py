@@ -689,6 +689,53 @@ async def test_concurrent_identical_creates_make_one_task(
     assert await store.due_for_dispatch(limit=100, grace_seconds=GRACE) == [results[0][0].id]
 
 
+async def test_concurrent_creates_each_make_their_own_task(
+    store: SqlTaskStore, clock: ManualClock
+) -> None:
+    """Concurrent creates may share one INSERT (PostgreSQL batches them): keyed and unkeyed,
+    per owner, each caller gets the row its call alone would have made."""
+    calls = [
+        *(store.create(f"plain {n}", attempt_limit=LIMIT, owner="ann") for n in range(20)),
+        *(store.create("keyed", attempt_limit=LIMIT, idempotency_key="k", owner=o) for o in "ab"),
+        store.create("keyed", attempt_limit=LIMIT, idempotency_key="k", owner="a"),
+        store.create("other", attempt_limit=2, idempotency_key="k2", owner="a"),
+    ]
+
+    results = await asyncio.gather(*calls)
+
+    created = [task for task, was_created in results if was_created]
+    assert len(created) == 23
+    assert [task.input_data for task, _ in results[:20]] == [f"plain {n}" for n in range(20)]
+    assert results[20][0].owner == "a"
+    assert results[21][0].owner == "b"
+    assert results[22] == (results[20][0], False)
+    assert results[23][0].attempt_limit == 2
+    for task in created:
+        assert await store.get(task.id) == task
+    clock.advance(GRACE)
+    due = await store.due_for_dispatch(limit=100, grace_seconds=GRACE)
+    assert sorted(due) == sorted(task.id for task in created)
+
+
+async def test_concurrent_deferrals_each_apply(store: SqlTaskStore, clock: ManualClock) -> None:
+    tasks = [await new_task(store) for _ in range(10)]
+    claimed = await store.claim(tasks[0].id, worker="w", lease_seconds=LEASE)
+    assert claimed is not None
+
+    await asyncio.gather(
+        *(store.defer_dispatch(task.id, seconds=GRACE * (2 + n)) for n, task in enumerate(tasks))
+    )
+
+    # Deadlines now: the claimed task its lease expiry (LEASE = 30 s: it was not deferred),
+    # task n 20 + 10 n seconds.
+    clock.advance(35)
+    due = await store.due_for_dispatch(limit=100, grace_seconds=GRACE)
+    assert sorted(due) == sorted([tasks[0].id, tasks[1].id])
+    clock.advance(40)  # 75 s: tasks 2-5 are due, and 0-1 again (pushed to 45 s)
+    due = await store.due_for_dispatch(limit=100, grace_seconds=GRACE)
+    assert sorted(due) == sorted(task.id for task in tasks[:6])
+
+
 async def test_create_refuses_an_empty_budget(store: SqlTaskStore) -> None:
     with pytest.raises(ValueError, match="attempt_limit"):
         await store.create("x", attempt_limit=0)
