@@ -1,5 +1,5 @@
-"""`taskwire dev | api | processor | migrate | schema | token`: the one core module that reaches
-both deployables."""
+"""`taskwire dev | api | processor | migrate | schema | token | submit`: the one core module that
+reaches both deployables."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import sys
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from typing import Any
 
+from taskwire import submit
 from taskwire.errors import SettingsError
 from taskwire.settings import Settings, is_memory
 from taskwire.tokens import TokenVerifier, mint_token
@@ -34,6 +35,8 @@ MAX_TOKEN_TTL_SECONDS = 30 * 86400
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "submit":
+        return submit.run(args)  # a client of the API: none of the server's settings apply
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -105,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--ttl", default="1h", help="lifetime: seconds or 30s, 15m, 1h, 7d (default 1h, max 30d)"
     )
+    text = "create a task through the API and, with --watch, follow it until it finishes"
+    submit.add_arguments(commands.add_parser("submit", help=text, description=text))
     return parser
 
 
