@@ -25,6 +25,7 @@ from strawberry.schema.base import BaseSchema
 from strawberry.types.unset import UNSET, UnsetType
 
 from graphql_api.auth import Authenticator, unauthenticated_response
+from graphql_api.console import console_routes
 from graphql_api.context import Context
 from graphql_api.graphiql import GRAPHIQL_STATIC_DIR, graphiql_html
 from graphql_api.health import healthz, readyz
@@ -149,6 +150,7 @@ def create_app(settings: Settings, *, background: Sequence[Background] = ()) -> 
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Mount(GRAPHIQL_PREFIX, StaticFiles(directory=GRAPHIQL_STATIC_DIR)),
+            *console_routes(),
         ],
         lifespan=lifespan,
     )

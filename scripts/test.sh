@@ -3,7 +3,8 @@
 # (the servers and Python from Debian's packages, the venv from the hash-checked lock), then runs
 # the linter, the format check, the type checker and the whole pytest suite. The suite starts
 # and stops its own PostgreSQL, Redis and RabbitMQ on free ports (tests/servers.py), unless
-# TASKWIRE_TEST_{POSTGRES,REDIS,RABBITMQ}_URL name servers to use instead.
+# TASKWIRE_TEST_{POSTGRES,REDIS,RABBITMQ}_URL name servers to use instead. The browser tests
+# run Debian's `chromium` (or TASKWIRE_CHROMIUM) and save screenshots in artifacts/browser/.
 #
 #   bash scripts/test.sh                          # everything
 #   bash scripts/test.sh tests/unit -x -k schema  # extra arguments go to pytest
@@ -40,6 +41,10 @@ missing_packages() {
         have redis-server || echo redis-server
         [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] && have epmd || echo rabbitmq-server
         have git || echo git
+        # The browser tests (tests/browser): Debian's Chromium, driven by Playwright's node
+        # driver, which comes in the wheel and needs libatomic (Playwright downloads nothing).
+        [[ -n ${TASKWIRE_CHROMIUM:-} ]] || have chromium || echo chromium
+        if have dpkg-query && ! dpkg_installed libatomic1; then echo libatomic1; fi
     fi
     have gcc || echo gcc
     [[ -e /etc/ssl/certs/ca-certificates.crt ]] || echo ca-certificates
