@@ -121,8 +121,8 @@ async def create_task(
     if services.settings.crash_point == "after_commit":
         # Test-only fault injection: die between the commit and the publish, as a crash would.
         os._exit(70)
-    await _dispatch(services, task)
-    await _cache(services, task)
+    # Independent of each other (the cache orders versions itself): one wait instead of two.
+    await asyncio.gather(_dispatch(services, task), _cache(services, task))
     return task
 
 
@@ -174,7 +174,13 @@ async def _dispatch(services: Services, task: Task) -> None:
     except ServiceUnavailable:
         log.warning("publish of task %s failed; the dispatcher will publish it", task.id)
     else:
-        await services.store.defer_dispatch(task.id, seconds=services.settings.redispatch_seconds)
+        try:
+            await services.store.defer_dispatch(
+                task.id, seconds=services.settings.redispatch_seconds
+            )
+        except ServiceUnavailable:
+            # The task is committed and on the queue: the cost is one redundant re-publish.
+            log.warning("deferring the re-publish of task %s failed", task.id)
 
 
 async def get_task(services: Services, caller: Principal, task_id: UUID) -> Task | None:
