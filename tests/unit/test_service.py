@@ -89,6 +89,30 @@ async def test_a_confirmed_publish_is_not_dispatched_again(quick_dispatch: Servi
     assert await service.dispatch_due(quick_dispatch) == 0
 
 
+class RefusedDeferrals:
+    """A store whose deferral of the outbox deadline fails (the database went away just then)."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def defer_dispatch(self, task_id: UUID, *, seconds: float) -> None:
+        raise ServiceUnavailable("The database is unavailable.")
+
+
+async def test_a_refused_deferral_still_accepts_the_published_task(services: Services) -> None:
+    flaky = dataclasses.replace(services, store=cast("TaskStore", RefusedDeferrals(services.store)))
+
+    task = await service.create_task(flaky, TESTER, "deferral refused")
+
+    assert await services.store.get(task.id) == task
+    assert await services.cache.get(task.id) == task
+    assert isinstance(services.queue, MemoryTaskQueue)
+    assert await services.queue.depth() == (1, 0)
+
+
 async def test_redis_down_changes_nothing_for_clients(services: Services) -> None:
     broken = dataclasses.replace(services, cache=DownCache())
     task = await service.create_task(broken, TESTER, "no cache")
