@@ -103,6 +103,7 @@ async def _layout(stack: Stack, name: str, per_connection: int) -> Measurement:
             scenario=name,
             throughput=None,
             peak_rss_kib=deployment.peak_rss_kib(pid),
+            figure="kib_per_subscription",
             extra={
                 "kib_per_subscription": kib_per_subscription(before, readings["with"], held),
                 "subscriptions": float(held),

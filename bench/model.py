@@ -16,6 +16,9 @@ class Measurement:
     latencies_ms: tuple[float, ...] = ()  # raw samples; the report computes p50/p95/p99
     peak_rss_kib: float | None = None
     extra: Mapping[str, float] = field(default_factory=dict)
+    # The key in `extra` that is this measurement's figure when it has no throughput (memory's
+    # KiB per subscription): the median run is picked by it.
+    figure: str | None = None
 
 
 def percentile(samples: Sequence[float], q: float) -> float | None:
@@ -45,13 +48,16 @@ def latency_summary(samples: Sequence[float]) -> dict[str, float | None]:
 
 
 def median_run(runs: Sequence[Measurement]) -> Measurement:
-    """The run whose figure is the median: by throughput, or by p50 latency when the runs have
-    no throughput. With an even number of runs the lower middle one (a real run, never an
-    average of two)."""
+    """The run whose figure is the median: by throughput, else by the figure the runs name
+    (`Measurement.figure`), else by p50 latency. With an even number of runs the lower middle
+    one (a real run, never an average of two)."""
     if not runs:
         raise ValueError("no runs to take a median of")
+    figure = runs[0].figure
     if all(run.throughput is not None for run in runs):
         ordered = sorted(runs, key=lambda run: run.throughput or 0.0)
+    elif figure is not None and all(figure in run.extra for run in runs):
+        ordered = sorted(runs, key=lambda run: run.extra[figure])
     else:
         ordered = sorted(runs, key=_p50_or_infinity)
     return ordered[(len(ordered) - 1) // 2]

@@ -80,6 +80,13 @@ def test_median_run_without_throughput_goes_by_p50() -> None:
     assert median_run(runs) is runs[0]
 
 
+def test_median_run_without_throughput_goes_by_its_named_figure() -> None:
+    runs = [
+        Measurement("memory", None, figure="kib", extra={"kib": value}) for value in (30.0, 10, 20)
+    ]
+    assert median_run(runs) is runs[2]
+
+
 def test_median_run_of_nothing_fails() -> None:
     with pytest.raises(ValueError, match="no runs"):
         median_run([])
