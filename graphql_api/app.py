@@ -36,6 +36,7 @@ from graphql_api.websocket import LegacyWsHandler, TransportWsHandler
 from taskwire.bootstrap import Services, connect
 from taskwire.errors import Unauthenticated
 from taskwire.identity import Principal
+from taskwire.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from taskwire.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,14 @@ class TaskwireGraphQL(GraphQL[Context, None]):
                 await response(scope, receive, send)
                 return
             scope.setdefault("state", {})[PRINCIPAL_STATE] = principal
+        if scope["type"] == "websocket":
+            websockets = services_of(WebSocket(scope, receive, send)).metrics.websockets
+            websockets.inc()
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                websockets.dec()
+            return
         await super().__call__(scope, receive, send)
 
     async def get_context(
@@ -149,6 +158,7 @@ def create_app(settings: Settings, *, background: Sequence[Background] = ()) -> 
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            *([Route("/metrics", metrics)] if settings.metrics_enabled else []),
             Mount(GRAPHIQL_PREFIX, StaticFiles(directory=GRAPHIQL_STATIC_DIR)),
             *console_routes(),
         ],
@@ -158,6 +168,12 @@ def create_app(settings: Settings, *, background: Sequence[Background] = ()) -> 
     # before anything reads a body, and no handler ever sees more than the body limit.
     limited = BodyLimit(app, max_bytes=settings.max_request_bytes)
     return RequestId(cors(limited, settings.allowed_origins))
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format. Not authenticated: scrape it from a private network only."""
+    body = await services_of(request).metrics.exposition()
+    return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
 async def _finish(workers: list[asyncio.Task[None]]) -> None:

@@ -13,6 +13,7 @@ request would be a new key for ValidationCache on every request, and it would ne
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, ClassVar
@@ -23,6 +24,7 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLSyntaxError,
     InlineFragmentNode,
     OperationDefinitionNode,
     SelectionSetNode,
@@ -31,10 +33,14 @@ from graphql import (
 from graphql.language.visitor import SKIP, VisitorAction
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import SchemaExtension
+from strawberry.types import ExecutionContext
+from strawberry.types.graphql import OperationType
 
+from taskwire.metrics import OK, Metrics
 from taskwire.settings import Settings
 
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
 # The standard introspection query (graphql-core's, and GraphiQL 3.8.3's) nests `ofType` nine
 # times and is 14 deep: introspection fields get this much room even when max_query_depth is
 # lower, so GraphiQL keeps working where introspection is on, yet stays bounded there too.
@@ -82,14 +88,59 @@ class RequestLimits(SchemaExtension):
         # ParserCache keys its cache on this option, so a cached parse is still limited.
         context.parse_options["max_tokens"] = self.max_tokens
         context.validation_rules = (*context.validation_rules, *self.rules)
-        yield
+        # Metrics are counted here rather than in an extension of their own: every extension is
+        # one more object per operation (and per idle subscription).
+        started = time.perf_counter()
+        raised: str | None = None
+        try:
+            yield
+        except Exception as exc:  # e.g. a syntax error: the result is made after this hook
+            raised = _exception_code(exc)
+            raise
+        finally:
+            _count(context, started, raised or self.stream_outcome)
         if self.hide_suggestions:
             _hide_in(context.result)
 
+    # A streamed operation's outcome: its first error's code, if any.
+    stream_outcome: str = OK
+
     def on_stream_result(self, result: Any) -> Iterator[None]:
+        if self.stream_outcome == OK and getattr(result, "errors", None):
+            self.stream_outcome = _error_code(result.errors)
         if self.hide_suggestions:
             _hide_in(result)
         yield None
+
+
+def _count(context: ExecutionContext, started: float, stream_outcome: str) -> None:
+    metrics = getattr(getattr(context.context, "services", None), "metrics", None)
+    if not isinstance(metrics, Metrics):  # executed without the app (tests, scripts)
+        return
+    errors = getattr(context.result, "errors", None)
+    outcome = _error_code(errors) if errors else stream_outcome
+    try:
+        subscription = (
+            context.graphql_document is not None
+            and context.operation_type is OperationType.SUBSCRIPTION
+        )
+    except Exception:  # no such operation in the document: it failed, and it was no stream
+        subscription = False
+    seconds = None if subscription else time.perf_counter() - started
+    metrics.operation(context.operation_name, outcome, seconds)
+
+
+def _exception_code(exc: Exception) -> str:
+    if isinstance(exc, GraphQLSyntaxError):
+        return PARSE_FAILED
+    if isinstance(exc, GraphQLError):
+        return _error_code([exc])
+    return "error"
+
+
+def _error_code(errors: list[GraphQLError]) -> str:
+    code = (errors[0].extensions or {}).get("code")
+    return code if isinstance(code, str) else "error"
 
 
 class _LimitRule(ValidationRule):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from contextvars import ContextVar
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -20,15 +19,18 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from taskwire.logs import REQUEST_ID
+
 REQUEST_ID_HEADER = "X-Request-ID"
 _ACCEPTED_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DIGITS = re.compile(r"[0-9]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
-# The id of the request being served, for the error masking and the log filter. A ContextVar
+# The id of the request being served, for the error masking and the log filters. A ContextVar
 # (not a global value): each request runs in its own context, and tasks started while serving
-# it (a websocket's subscriptions) inherit it.
-_request_id: ContextVar[str | None] = ContextVar("taskwire_request_id", default=None)
+# it (a websocket's subscriptions) inherit it. It lives in taskwire.logs, whose filter (in the
+# core, which cannot import this package) puts it on every log line.
+_request_id = REQUEST_ID
 
 
 def current_request_id() -> str | None:

@@ -16,8 +16,8 @@ from strawberry.types.graphql import OperationType
 from graphql_api.context import Info
 from graphql_api.errors import MaskUnexpectedErrors, classify
 from graphql_api.limits import limit_extensions
-from graphql_api.types import CreateTaskInput, TaskType
-from taskwire import service
+from graphql_api.types import CreateTaskInput, QueueStatsType, TaskType
+from taskwire import service, stats
 from taskwire.errors import RateLimited
 from taskwire.settings import Settings
 
@@ -26,6 +26,11 @@ async def resolve_task(info: Info, id: strawberry.ID) -> TaskType | None:
     context = info.context
     task = await service.get_task(context.services, context.caller, service.parse_task_id(id))
     return TaskType.from_model(task) if task is not None else None
+
+
+async def resolve_queue_stats(info: Info) -> QueueStatsType:
+    context = info.context
+    return QueueStatsType.from_model(await stats.queue_stats(context.services, context.caller))
 
 
 async def resolve_create_task(info: Info, input: CreateTaskInput) -> TaskType:
@@ -58,11 +63,18 @@ async def resolve_retry_task(info: Info, id: strawberry.ID) -> TaskType:
 
 async def resolve_task_updated(info: Info, id: strawberry.ID) -> AsyncGenerator[TaskType, None]:
     context = info.context
+    metrics = context.services.metrics
     updates = service.watch_task(context.services, context.caller, service.parse_task_id(id))
+    metrics.subscriptions.inc()
     try:
+        first = True
         async for task in updates:
+            if not first:  # the snapshot is not a delivered event; what follows is
+                metrics.events_delivered.inc()
+            first = False
             yield TaskType.from_model(task)
     finally:
+        metrics.subscriptions.dec()
         # Closes the subscription to the task's events now, not whenever the GC gets to it.
         await updates.aclose()
 
@@ -72,6 +84,14 @@ async def resolve_task_updated(info: Info, id: strawberry.ID) -> AsyncGenerator[
 class Query:
     task: TaskType | None = strawberry.field(
         resolver=resolve_task, description="The task with this id, or null when there is none."
+    )
+    queue_stats: QueueStatsType = strawberry.field(
+        resolver=resolve_queue_stats,
+        description=(
+            "Operators' numbers over every owner's tasks (counts only). Any full token may ask; "
+            "a watch token is FORBIDDEN. A database outage fails it with SERVICE_UNAVAILABLE; "
+            "a broker outage does not: brokerReachable is false and the queue fields are null."
+        ),
     )
 
 

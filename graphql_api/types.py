@@ -9,6 +9,7 @@ import strawberry
 
 from graphql_api.context import Info
 from taskwire.models import Task, TaskStatus
+from taskwire.stats import QueueStats
 
 # Registers the core enum with Strawberry under its own name (in place, no copy).
 strawberry.enum(TaskStatus, name="TaskStatus")
@@ -73,3 +74,64 @@ class CreateTaskInput:
             "created; with a different input it is a CONFLICT error."
         ),
     )
+
+
+_QUEUE_FIELD = "Null when brokerReachable is false."
+
+
+@strawberry.type(
+    name="QueueStats",
+    description=(
+        "Operators' numbers. Task counts come from the database and cover every owner's tasks "
+        "(counts only, no task's content); the queue fields come from the work queue."
+    ),
+)
+class QueueStatsType:
+    pending: int = strawberry.field(description="Tasks waiting for a worker (or a retry).")
+    processing: int = strawberry.field(description="Tasks a worker holds now.")
+    completed: int
+    failed: int
+    cancelled: int
+    oldest_pending_age: float | None = strawberry.field(
+        description=(
+            "Seconds since the oldest PENDING task was created (a retried task counts from its "
+            "creation); null when no task is PENDING."
+        )
+    )
+    broker_reachable: bool = strawberry.field(
+        description=(
+            "Whether the work queue answered. When it did not, the queue fields are null and "
+            "the task counts are still given (no error): the database is the truth."
+        )
+    )
+    queued: int | None = strawberry.field(
+        description=f"Messages ready in the main queue, not yet delivered. {_QUEUE_FIELD}"
+    )
+    delayed: int | None = strawberry.field(
+        description=f"Retries waiting out their backoff in the delay queues. {_QUEUE_FIELD}"
+    )
+    dead_lettered: int | None = strawberry.field(
+        description=f"Messages in the dead-letter queue. {_QUEUE_FIELD}"
+    )
+    consumers: int | None = strawberry.field(
+        description=f"Consumers (processors) on the main queue. {_QUEUE_FIELD}"
+    )
+    as_of: datetime = strawberry.field(description="When the database counts were read.")
+
+    @classmethod
+    def from_model(cls, stats: QueueStats) -> QueueStatsType:
+        tasks, queue = stats.tasks, stats.queue
+        return cls(
+            pending=tasks.pending,
+            processing=tasks.processing,
+            completed=tasks.completed,
+            failed=tasks.failed,
+            cancelled=tasks.cancelled,
+            oldest_pending_age=stats.oldest_pending_age,
+            broker_reachable=stats.broker_reachable,
+            queued=queue.queued if queue else None,
+            delayed=queue.delayed if queue else None,
+            dead_lettered=queue.dead_lettered if queue else None,
+            consumers=queue.consumers if queue else None,
+            as_of=stats.as_of,
+        )

@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from uuid import UUID
 
 from processor.work import reverse_text
-from taskwire import service
+from taskwire import service, tracing
 from taskwire.bootstrap import Services
 from taskwire.errors import ServiceUnavailable
+from taskwire.logs import bound_task, log_transition
 from taskwire.models import Task, TaskStatus
 from taskwire.ports import Delivery
 from taskwire.queue import decode_task_id
@@ -28,8 +29,16 @@ async def handle(services: Services, delivery: Delivery, *, worker: str) -> None
         task_id = decode_task_id(delivery.body)
     except ValueError as exc:
         log.error("malformed message sent to the dead-letter queue: %s", exc)
+        services.metrics.dead_lettered["malformed"].inc()
         await delivery.dead_letter()
         return
+    # Every line logged while handling it names the task, and its spans continue the trace
+    # its publisher started.
+    with bound_task(task_id), tracing.consuming(delivery, task_id):
+        await _settle(services, delivery, task_id, worker=worker)
+
+
+async def _settle(services: Services, delivery: Delivery, task_id: UUID, *, worker: str) -> None:
     try:
         outcome = await process(services, task_id, worker=worker)
     except ServiceUnavailable as exc:
@@ -42,6 +51,8 @@ async def handle(services: Services, delivery: Delivery, *, worker: str) -> None
         raise
     if outcome is not None and outcome.status is TaskStatus.FAILED:
         # Out of attempts: the message goes where an operator looks for what gave up.
+        services.metrics.dead_lettered["failed"].inc()
+        log_transition(log, outcome, "dead-lettered", TaskStatus.FAILED)
         await delivery.dead_letter()
     else:
         await delivery.ack()
@@ -50,7 +61,8 @@ async def handle(services: Services, delivery: Delivery, *, worker: str) -> None
 async def process(services: Services, task_id: UUID, *, worker: str) -> Task | None:
     """Claim, work and finish one task; returns the state it was left in (None if this
     delivery could not claim it)."""
-    claimed = await service.claim_task(services, task_id, worker=worker)
+    with tracing.span("taskwire.claim", task_id=task_id):
+        claimed = await service.claim_task(services, task_id, worker=worker)
     if claimed is None:
         # Finished, cancelled, or held by a live lease elsewhere. Rare in normal operation and
         # worth a line when it is not: the fault tests count these.
@@ -61,7 +73,7 @@ async def process(services: Services, task_id: UUID, *, worker: str) -> Task | N
         return claimed
     settings = services.settings
     try:
-        async with _heartbeat(services, claimed):
+        async with _heartbeat(services, claimed), tracing.span("taskwire.work", task_id=task_id):
             result = await reverse_text(
                 claimed.input_data,
                 delay_seconds=settings.task_delay_seconds,
@@ -74,14 +86,15 @@ async def process(services: Services, task_id: UUID, *, worker: str) -> Task | N
         raise
     except Exception as exc:
         log.warning("task %s attempt %d failed: %r", task_id, claimed.attempts, exc)
-        return await service.fail_attempt(services, claimed, f"{type(exc).__name__}: {exc}")
-    done = await service.complete_task(services, claimed, result)
+        with tracing.span("taskwire.fail", task_id=task_id):
+            return await service.fail_attempt(services, claimed, f"{type(exc).__name__}: {exc}")
+    # Its line, "task <id> completed on attempt <n> (...)", is the service's transition line.
+    with tracing.span("taskwire.complete", task_id=task_id):
+        done = await service.complete_task(services, claimed, result)
     if done is None:
         log.warning(
             "task %s attempt %d lost its lease; result discarded", task_id, claimed.attempts
         )
-    else:
-        log.info("task %s completed on attempt %d", task_id, claimed.attempts)
     return done
 
 

@@ -29,6 +29,7 @@ async def run(services: Services, stop: asyncio.Event) -> None:
     worker = worker_name()
     dispatcher = asyncio.create_task(dispatch_forever(services, stop))
     inflight: set[asyncio.Task[None]] = set()
+    services.metrics.track_in_flight(inflight)
     log.info(
         "processor %s started (concurrency %d)", worker, services.settings.processor_concurrency
     )
@@ -36,6 +37,7 @@ async def run(services: Services, stop: asyncio.Event) -> None:
         async with services.queue.consume(
             prefetch=services.settings.processor_concurrency
         ) as deliveries:
+            services.metrics.consuming.set(1)
 
             async def take_all() -> None:
                 # No await between deliveries that are already buffered: a burst becomes
@@ -46,9 +48,11 @@ async def run(services: Services, stop: asyncio.Event) -> None:
                     job.add_done_callback(inflight.discard)
 
             await _until(stop, take_all())
+            services.metrics.consuming.set(0)  # draining: no longer taking work
             # Settle what is in flight on the channel it came from, before the consumer closes.
             await _drain(inflight, grace_seconds=services.settings.shutdown_grace_seconds)
     finally:
+        services.metrics.consuming.set(0)
         # The dispatcher ends its round on its own once stop is set; cancelling it mid-statement
         # could leave a transaction open on a shared connection.
         if not stop.is_set():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from taskwire.cache import open_cache
 from taskwire.events import open_events
+from taskwire.metrics import Metrics
 from taskwire.ports import EventBus, TaskCache, TaskQueue, TaskStore
 from taskwire.queue import open_queue
 from taskwire.ratelimit import RateLimiter, open_rate_limiter
@@ -26,10 +27,15 @@ class Services:
     queue: TaskQueue
     # createTask per owner; shared through Redis across API replicas.
     limiter: RateLimiter
+    # This process's Prometheus metrics (its own registry).
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @asynccontextmanager
-async def connect(settings: Settings, *, pool_size: int = 10) -> AsyncIterator[Services]:
+async def connect(
+    settings: Settings, *, pool_size: int = 10, metrics: Metrics | None = None
+) -> AsyncIterator[Services]:
+    metrics = metrics if metrics is not None else Metrics()
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(
             open_store(
@@ -55,6 +61,7 @@ async def connect(settings: Settings, *, pool_size: int = 10) -> AsyncIterator[S
                 burst=settings.rate_limit_burst,
             )
         )
+        metrics.queue.watch(queue)
         yield Services(
             settings=settings,
             store=store,
@@ -62,4 +69,5 @@ async def connect(settings: Settings, *, pool_size: int = 10) -> AsyncIterator[S
             events=events,
             queue=queue,
             limiter=limiter,
+            metrics=metrics,
         )

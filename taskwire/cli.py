@@ -1,5 +1,5 @@
-"""`taskwire dev | api | processor | migrate | schema | token | submit`: the one core module that
-reaches both deployables."""
+"""`taskwire dev | api | processor | migrate | schema | token | submit | status`: the one core
+module that reaches both deployables."""
 
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ from typing import Any
 
 from taskwire import submit
 from taskwire.errors import SettingsError
+from taskwire.logs import configure_logging
 from taskwire.settings import Settings, is_memory
 from taskwire.tokens import TokenVerifier, mint_token
+from taskwire.tracing import configure_tracing, tracing_enabled
 
 log = logging.getLogger("taskwire")
 
 LOOPBACK = "127.0.0.1"
 GC_GEN0_THRESHOLD = 50_000
-REQUEST_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 # `taskwire token --ttl`: seconds, or a number with s/m/h/d, at most 30 days.
 _TTL = re.compile(r"([0-9]+)([smhd]?)")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -37,10 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "submit":
         return submit.run(args)  # a client of the API: none of the server's settings apply
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        # Before anything logs: JSON lines or text as LOG_FORMAT says, each line with the
+        # request, task and trace ids it is about (taskwire.logs).
+        configure_logging(os.environ, trace_ids=tracing_enabled(os.environ))
+    except SettingsError as exc:
+        print(f"taskwire {args.command}: {exc}", file=sys.stderr)
+        return 2
     # Alembic narrates every plugin it loads at INFO; only its problems are worth a line.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
@@ -53,12 +57,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("api", "dev") and settings.auth_mode == "jwt":
             # A bad key configuration stops the start here, with the variable it is about.
             TokenVerifier.from_settings(settings)
+        if args.command in ("api", "processor", "dev"):
+            # Off unless the OTEL_* variables ask for it (taskwire.tracing).
+            configure_tracing(os.environ, service_name=f"taskwire-{args.command}")
     except SettingsError as exc:
         print(f"taskwire {args.command}: {exc}", file=sys.stderr)
         return 2
     command = args.command
     if command == "token":
         return _token(settings, args.sub, args.ttl)
+    if command == "status":
+        from taskwire import stats
+
+        return stats.run(settings, as_json=args.json)
     if command == "api" and settings.auth_mode == "none":
         log.warning(
             "AUTH_MODE=none: NO AUTHENTICATION. ANYONE WHO CAN REACH %s:%d CAN READ AND CHANGE "
@@ -110,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     text = "create a task through the API and, with --watch, follow it until it finishes"
     submit.add_arguments(commands.add_parser("submit", help=text, description=text))
+    text = "print task counts and queue depth, read with this environment's settings"
+    status = commands.add_parser("status", help=text, description=text)
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     return parser
 
 
@@ -197,14 +211,8 @@ def _serve(settings: Settings, host: str, port: int, *, embedded_processor: bool
     import uvicorn
 
     from graphql_api.app import create_app
-    from graphql_api.middleware import RequestIdFilter
     from processor.runner import run
 
-    # Every line logged while serving a request names it: the id a client sees in X-Request-ID
-    # and in a masked error's extensions.requestId.
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RequestIdFilter())
-        handler.setFormatter(logging.Formatter(REQUEST_LOG_FORMAT))
     app = create_app(settings, background=[run] if embedded_processor else [])
     config = uvicorn.Config(
         app,
@@ -218,10 +226,17 @@ def _serve(settings: Settings, host: str, port: int, *, embedded_processor: bool
         # uvicorn's access log follows LOG_LEVEL: one line per request at INFO, none above it
         # (a line per request is a measurable cost at high request rates).
         log_level=logging.getLevelName(logging.getLogger().level).lower(),
+        # Its lines go through the root handler like every other: in the LOG_FORMAT, with the
+        # request id (the id a client sees in X-Request-ID and in a masked error's requestId).
+        log_config=None,
         timeout_graceful_shutdown=10,
     )
     if embedded_processor:
-        log.info("taskwire dev: open http://%s:%d/graphql", host, port)
+        log.info(
+            "taskwire dev: the task console is at http://%s:%d/ and GraphiQL at /graphql",
+            host,
+            port,
+        )
     server = _graceful_server_class()(config)
     _tune_gc()
     server.run()
@@ -272,6 +287,7 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
 async def _processor(settings: Settings) -> int:
     from processor.runner import run
     from taskwire.bootstrap import connect
+    from taskwire.metrics import serving
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -279,7 +295,9 @@ async def _processor(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     # Claims and finishes are short statements: a small pool serves many tasks in flight.
     async with connect(settings, pool_size=min(settings.processor_concurrency, 16)) as services:
-        await run(services, stop)
+        port = settings.metrics_port if settings.metrics_enabled else 0
+        async with serving(services.metrics, settings.metrics_host, port):
+            await run(services, stop)
     return 0
 
 

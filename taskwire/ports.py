@@ -3,12 +3,42 @@ same contract tests (tests/contract/). Adapters are picked by URL in bootstrap.p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Final, Protocol, final
 from uuid import UUID
 
 from taskwire.models import Task
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCounts:
+    """Tasks by status over every owner, as one statement read them (TaskStore.stats)."""
+
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+    cancelled: int
+    # created_at of the oldest PENDING task (a retried task keeps its creation time); None
+    # when no task is PENDING.
+    oldest_pending_at: datetime | None
+    # The store's clock right after the read: ages computed from it agree with the counts.
+    as_of: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """What the work queue says about itself (TaskQueue.stats): messages, not tasks."""
+
+    # Ready in the main queue; delivered but not yet settled ones are not counted.
+    queued: int
+    # Waiting out a retry's backoff in the delay queues.
+    delayed: int
+    dead_lettered: int
+    consumers: int
 
 
 class TaskStore(Protocol):
@@ -77,6 +107,10 @@ class TaskStore(Protocol):
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""
 
+    async def stats(self) -> TaskCounts:
+        """Tasks by status (every owner) and the oldest PENDING one's creation, in one
+        statement; ServiceUnavailable if the database cannot be reached."""
+
 
 class TaskCache(Protocol):
     """Read cache of task snapshots. Never replaces a newer version with an older one."""
@@ -126,6 +160,10 @@ class Delivery(Protocol):
     @property
     def redelivered(self) -> bool: ...
 
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The string headers it was published with (the trace context); empty when none."""
+
     async def ack(self) -> None: ...
 
     async def requeue(self) -> None:
@@ -138,12 +176,23 @@ class Delivery(Protocol):
 class TaskQueue(Protocol):
     """Durable work queue of task ids."""
 
-    async def publish(self, task_id: UUID, *, delay_seconds: float = 0.0) -> None:
+    async def publish(
+        self,
+        task_id: UUID,
+        *,
+        delay_seconds: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Persistent delivery; returns once the broker confirmed it, raises otherwise.
         With a delay, the message reaches consumers only after about that long (a retry's
-        backoff), through delay queues on the broker, never a sleeping consumer."""
+        backoff), through delay queues on the broker, never a sleeping consumer. `headers`
+        travel with the message to its Delivery (the W3C trace context)."""
 
     def consume(self, *, prefetch: int) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]:
         """Deliveries until the context exits; at most `prefetch` unsettled at once."""
 
     async def ping(self) -> None: ...
+
+    async def stats(self) -> QueueCounts:
+        """Messages ready, delayed and dead-lettered, and consumers on the main queue, as the
+        broker reports them now; ServiceUnavailable if it cannot say."""

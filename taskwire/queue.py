@@ -16,15 +16,16 @@ import json
 import logging
 import math
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 from uuid import UUID
 
 from taskwire.errors import ServiceUnavailable, SettingsError
-from taskwire.ports import Delivery, TaskQueue
+from taskwire.ports import Delivery, QueueCounts, TaskQueue
 from taskwire.settings import is_memory
 
 if TYPE_CHECKING:
@@ -105,8 +106,12 @@ def decode_task_id(body: bytes) -> UUID:
 @dataclass(slots=True)
 class _Message:
     body: bytes
+    headers: Mapping[str, str]
     redelivered: bool = False
     returns: int = 0
+
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class MemoryTaskQueue:
@@ -124,21 +129,39 @@ class MemoryTaskQueue:
         # Delayed publishes not due yet; close() cancels them (nothing here outlives the process).
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._timer_keys = itertools.count()
+        # Open consume() contexts, for stats().
+        self._consumers = 0
 
-    async def publish(self, task_id: UUID, *, delay_seconds: float = 0.0) -> None:
-        await self.publish_body(encode_task_id(task_id), delay_seconds=delay_seconds)
+    async def publish(
+        self,
+        task_id: UUID,
+        *,
+        delay_seconds: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        await self.publish_body(
+            encode_task_id(task_id), delay_seconds=delay_seconds, headers=headers
+        )
 
-    async def publish_body(self, body: bytes, *, delay_seconds: float = 0.0) -> None:
+    async def publish_body(
+        self,
+        body: bytes,
+        *,
+        delay_seconds: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Enqueue raw bytes, e.g. a malformed message a test wants the processor to meet."""
         delay_ms = delay_milliseconds(delay_seconds)
         if self._closed:
             raise ServiceUnavailable("the task queue is closed")
+        # A copy: a broker keeps what was sent, not what the caller's dict becomes.
+        message = _Message(body, MappingProxyType(dict(headers)) if headers else _NO_HEADERS)
         if delay_ms == 0:
-            self._enqueue(body)
+            self._enqueue(message)
             return
         key = next(self._timer_keys)
         loop = asyncio.get_running_loop()
-        self._timers[key] = loop.call_later(delay_ms / 1000, self._due, key, body)
+        self._timers[key] = loop.call_later(delay_ms / 1000, self._due, key, message)
 
     async def delayed(self) -> int:
         """How many delayed messages are not due yet."""
@@ -149,9 +172,11 @@ class MemoryTaskQueue:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         consumer = _MemoryConsumer(self, prefetch)
+        self._consumers += 1
         try:
             yield consumer
         finally:
+            self._consumers -= 1
             consumer.close()
 
     async def ping(self) -> None:
@@ -160,6 +185,15 @@ class MemoryTaskQueue:
 
     async def depth(self) -> tuple[int, int]:
         return len(self._ready), len(self.dead_letters)
+
+    async def stats(self) -> QueueCounts:
+        await self.ping()  # a closed queue cannot say, as a broker that is gone
+        return QueueCounts(
+            queued=len(self._ready),
+            delayed=len(self._timers),
+            dead_lettered=len(self.dead_letters),
+            consumers=self._consumers,
+        )
 
     async def close(self) -> None:
         self._closed = True
@@ -172,13 +206,13 @@ class MemoryTaskQueue:
     def closed(self) -> bool:
         return self._closed
 
-    def _enqueue(self, body: bytes) -> None:
-        self._ready.append(_Message(body))
+    def _enqueue(self, message: _Message) -> None:
+        self._ready.append(message)
         self._notify()
 
-    def _due(self, key: int, body: bytes) -> None:
+    def _due(self, key: int, message: _Message) -> None:
         del self._timers[key]
-        self._enqueue(body)
+        self._enqueue(message)
 
     def _notify(self) -> None:
         # Wake every waiter once; each re-checks its own condition against the new state.
@@ -257,6 +291,10 @@ class _MemoryDelivery:
     @property
     def redelivered(self) -> bool:
         return self._redelivered
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._message.headers
 
     async def ack(self) -> None:
         self._consumer.settle(self._tag, "ack")

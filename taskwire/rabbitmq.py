@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 from uuid import UUID
@@ -23,10 +23,11 @@ from uuid import UUID
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aiormq import spec
 from yarl import URL
 
 from taskwire.errors import ServiceUnavailable
-from taskwire.ports import Delivery
+from taskwire.ports import Delivery, QueueCounts
 from taskwire.queue import (
     CONTENT_TYPE,
     DELAY_BUCKETS_MS,
@@ -158,7 +159,13 @@ class RabbitTaskQueue:
         arguments = queue_arguments(self.name, delivery_limit=self._delivery_limit)
         return await channel.declare_queue(self.name, durable=True, arguments=arguments)
 
-    async def publish(self, task_id: UUID, *, delay_seconds: float = 0.0) -> None:
+    async def publish(
+        self,
+        task_id: UUID,
+        *,
+        delay_seconds: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         delay_ms = delay_milliseconds(delay_seconds)
         routing_key = self.name
         if delay_ms:
@@ -170,6 +177,8 @@ class RabbitTaskQueue:
             # aio-pika takes seconds and truncates them to milliseconds: 1001 / 1000 would
             # come out as 1000 ms, so aim at the middle of the millisecond.
             expiration=(delay_ms + 0.5) / 1000 if delay_ms else None,
+            # The trace context; a delay queue's dead-lettering keeps them (and adds x-death).
+            headers=dict(headers) if headers else None,
         )
         channel = self._publisher
         if channel is None:
@@ -242,7 +251,23 @@ class RabbitTaskQueue:
         """How many delayed messages wait in the delay queues."""
         return sum(await self._message_counts(delay_queue_names(self.name)))
 
+    async def stats(self) -> QueueCounts:
+        """One passive declare per queue, on one short-lived channel (the dead-letter queue and
+        the 41 delay queues included): a few milliseconds, for an operator's query."""
+        main, dead, *delays = await self._declare_passively(
+            [self.name, f"{self.name}.dead", *delay_queue_names(self.name)]
+        )
+        return QueueCounts(
+            queued=main.message_count or 0,
+            delayed=sum(delay.message_count or 0 for delay in delays),
+            dead_lettered=dead.message_count or 0,
+            consumers=main.consumer_count or 0,
+        )
+
     async def _message_counts(self, queues: list[str]) -> list[int]:
+        return [result.message_count or 0 for result in await self._declare_passively(queues)]
+
+    async def _declare_passively(self, queues: list[str]) -> list[spec.Queue.DeclareOk]:
         await self.ping()
         transport = self._connection.transport if self._connection is not None else None
         assert transport is not None  # ping() checked it
@@ -256,7 +281,10 @@ class RabbitTaskQueue:
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
             log.warning("cannot read the depth of %r: %r", self.name, exc)
             raise ServiceUnavailable from exc
-        return [result.message_count or 0 for result in declared]
+        answers = [result for result in declared if result is not None]
+        if len(answers) != len(queues):  # only a nowait declare goes unanswered
+            raise RuntimeError("a passive queue declare got no answer")
+        return answers
 
 
 class _RabbitConsumer:
@@ -298,6 +326,18 @@ class _RabbitDelivery:
     @property
     def redelivered(self) -> bool:
         return bool(self._message.redelivered)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        # Only the string ones: the broker adds its own (x-death, a table) to dead-lettered
+        # messages, and a long string header may arrive as bytes.
+        found: dict[str, str] = {}
+        for name, value in (self._message.headers or {}).items():
+            if isinstance(value, bytes):
+                value = value.decode("utf-8", "replace")
+            if isinstance(value, str):
+                found[name] = value
+        return found
 
     async def ack(self) -> None:
         await self._settle("ack", self._message.ack)

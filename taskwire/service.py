@@ -11,6 +11,7 @@ import random
 from collections.abc import AsyncGenerator
 from uuid import UUID
 
+from taskwire import tracing
 from taskwire.bootstrap import Services
 from taskwire.errors import (
     BadUserInput,
@@ -21,6 +22,7 @@ from taskwire.errors import (
     ServiceUnavailable,
 )
 from taskwire.identity import Principal
+from taskwire.logs import bound_task, log_transition, task_fields
 from taskwire.models import Task, TaskStatus, backoff_seconds
 from taskwire.ports import RESYNC, Resync
 from taskwire.settings import Settings
@@ -90,6 +92,20 @@ async def create_task(
     *,
     idempotency_key: str | None = None,
 ) -> Task:
+    """_create_task in the span that starts the task's trace (when tracing is on)."""
+    with tracing.span("taskwire.createTask") as span:
+        task = await _create_task(services, caller, input_data, idempotency_key=idempotency_key)
+        tracing.set_task_id(span, task.id)
+        return task
+
+
+async def _create_task(
+    services: Services,
+    caller: Principal,
+    input_data: str,
+    *,
+    idempotency_key: str | None = None,
+) -> Task:
     """Commit the task, owned by the caller, then publish it with a confirm, then cache it.
 
     A failed publish does not fail the request: the task is committed, and the tasks table is
@@ -106,6 +122,7 @@ async def create_task(
     # After the input checks, so that a malformed request does not use up the caller's budget.
     retry_after = await services.limiter.acquire(caller.subject)
     if retry_after > 0:
+        services.metrics.rate_limited.inc()
         seconds = max(1, math.ceil(retry_after))
         raise RateLimited(f"Too many tasks created; try again in {seconds} s.", retryAfter=seconds)
     task, created = await services.store.create(
@@ -121,8 +138,11 @@ async def create_task(
     if services.settings.crash_point == "after_commit":
         # Test-only fault injection: die between the commit and the publish, as a crash would.
         os._exit(70)
+    services.metrics.tasks_created.inc()
+    log_transition(log, task, "created", None)
     # Independent of each other (the cache orders versions itself): one wait instead of two.
-    await asyncio.gather(_dispatch(services, task), _cache(services, task))
+    with bound_task(task.id):  # before gather: its tasks copy the context when made
+        await asyncio.gather(_dispatch(services, task), _cache(services, task))
     return task
 
 
@@ -141,6 +161,8 @@ async def cancel_task(services: Services, caller: Principal, task_id: UUID) -> T
     task = await services.store.cancel(task_id)
     if task is None:
         raise await _refusal(services, task_id, "cancelled", TaskStatus.PENDING)
+    log_transition(log, task, "cancelled", TaskStatus.PENDING)
+    services.metrics.task_finished(task)
     await announce(services, task)
     return task
 
@@ -151,6 +173,7 @@ async def retry_task(services: Services, caller: Principal, task_id: UUID) -> Ta
     task = await services.store.retry(task_id, extra_attempts=services.settings.max_attempts)
     if task is None:
         raise await _refusal(services, task_id, "retried", TaskStatus.FAILED)
+    log_transition(log, task, "retried", TaskStatus.FAILED)
     await announce(services, task)
     await _dispatch(services, task)
     return task
@@ -170,9 +193,15 @@ async def _refusal(
 
 async def _dispatch(services: Services, task: Task) -> None:
     try:
-        await services.queue.publish(task.id)
+        with tracing.publishing(task.id):
+            await services.queue.publish(task.id, headers=tracing.headers())
     except ServiceUnavailable:
-        log.warning("publish of task %s failed; the dispatcher will publish it", task.id)
+        services.metrics.queue_publish_failures.inc()
+        log.warning(
+            "publish of task %s failed; the dispatcher will publish it",
+            task.id,
+            extra=task_fields(task.id),
+        )
     else:
         try:
             await services.store.defer_dispatch(
@@ -194,10 +223,17 @@ async def read_task(services: Services, task_id: UUID) -> Task | None:
     try:
         cached = await services.cache.get(task_id)
     except ServiceUnavailable:
-        log.warning("cache read failed for task %s; reading the database", task_id)
+        services.metrics.redis_errors["cache_read"].inc()
+        log.warning(
+            "cache read failed for task %s; reading the database",
+            task_id,
+            extra=task_fields(task_id),
+        )
         cached = None
     if cached is not None:
+        services.metrics.cache_hits.inc()
         return cached
+    services.metrics.cache_misses.inc()
     task = await services.store.get(task_id)
     if task is not None:
         await _cache(services, task)
@@ -210,6 +246,8 @@ async def watch_task(
     """The current state, then every newer version, ending after a terminal state.
 
     Subscribing happens before the first read so that no change can fall between the two.
+    (The caller counts subscriptions and deliveries: one generator per subscription, not two,
+    since each one is held for the subscription's whole life.)
     """
     async with services.events.subscribe(task_id) as subscription:
         current = await get_task(services, caller, task_id)
@@ -255,6 +293,10 @@ async def claim_task(services: Services, task_id: UUID, *, worker: str) -> Task 
         task_id, worker=worker, lease_seconds=services.settings.lease_seconds
     )
     if task is not None:
+        # The store does not say whether it took a PENDING task or an expired lease.
+        log_transition(log, task, "failed" if task.terminal else "claimed", None)
+        if task.status is TaskStatus.FAILED:  # out of attempts: given up by the claim itself
+            services.metrics.task_finished(task)
         await announce(services, task)
     return task
 
@@ -263,6 +305,9 @@ async def complete_task(services: Services, claimed: Task, result: str) -> Task 
     """Finish the attempt that `claimed` holds; None when that attempt lost the task."""
     task = await services.store.complete(claimed.id, attempt=claimed.attempts, result=result)
     if task is not None:
+        log_transition(log, task, "completed", TaskStatus.PROCESSING)
+        services.metrics.attempt_finished(claimed, task, "completed")
+        services.metrics.task_finished(task)
         await announce(services, task)
     return task
 
@@ -274,6 +319,9 @@ async def fail_attempt(services: Services, claimed: Task, error: str) -> Task | 
     if claimed.attempts >= claimed.attempt_limit:
         task = await services.store.fail(claimed.id, attempt=claimed.attempts, error=error)
         if task is not None:
+            log_transition(log, task, "failed", TaskStatus.PROCESSING)
+            services.metrics.attempt_finished(claimed, task, "failed")
+            services.metrics.task_finished(task)
             await announce(services, task)
         return task
     delay = backoff_seconds(
@@ -287,17 +335,27 @@ async def fail_attempt(services: Services, claimed: Task, error: str) -> Task | 
     )
     if task is None:
         return None
+    log_transition(log, task, "retried", TaskStatus.PROCESSING)
+    services.metrics.attempt_finished(claimed, task, "retried")
+    services.metrics.retries.inc()
     await announce(services, task)
     try:
-        await services.queue.publish(task.id, delay_seconds=delay)
+        with tracing.publishing(task.id):
+            await services.queue.publish(task.id, delay_seconds=delay, headers=tracing.headers())
     except ServiceUnavailable:
-        log.warning("delayed publish of task %s failed; the dispatcher will publish it", task.id)
+        services.metrics.queue_publish_failures.inc()
+        log.warning(
+            "delayed publish of task %s failed; the dispatcher will publish it",
+            task.id,
+            extra=task_fields(task.id),
+        )
     return task
 
 
 async def release_task(services: Services, claimed: Task) -> Task | None:
     task = await services.store.release(claimed.id, attempt=claimed.attempts)
     if task is not None:
+        log_transition(log, task, "released", TaskStatus.PROCESSING)
         await announce(services, task)
     return task
 
@@ -310,7 +368,9 @@ async def dispatch_due(services: Services, *, limit: int = 100) -> int:
     published = 0
     for task_id in due:
         try:
-            await services.queue.publish(task_id)
+            # A new trace: the context of the task's first one is not kept (taskwire.tracing).
+            with tracing.publishing(task_id, new_trace=True):
+                await services.queue.publish(task_id, headers=tracing.headers())
         except ServiceUnavailable:
             await services.store.defer_dispatch(
                 task_id, seconds=services.settings.dispatch_grace_seconds
@@ -330,13 +390,28 @@ async def announce(services: Services, task: Task) -> None:
     the cache next, which must already hold this version (or it would wait for a recheck)."""
     await _cache(services, task)
     try:
-        await services.events.publish(task)
+        with tracing.span("taskwire.event", task_id=task.id):
+            await services.events.publish(task)
     except ServiceUnavailable:
-        log.warning("event publish failed for task %s version %d", task.id, task.version)
+        services.metrics.redis_errors["event_publish"].inc()
+        log.warning(
+            "event publish failed for task %s version %d",
+            task.id,
+            task.version,
+            extra=task_fields(task.id),
+        )
+    else:
+        services.metrics.events_published.inc()
 
 
 async def _cache(services: Services, task: Task) -> None:
     try:
         await services.cache.put(task, ttl_seconds=services.settings.result_ttl_seconds)
     except ServiceUnavailable:
-        log.warning("cache write failed for task %s version %d", task.id, task.version)
+        services.metrics.redis_errors["cache_write"].inc()
+        log.warning(
+            "cache write failed for task %s version %d",
+            task.id,
+            task.version,
+            extra=task_fields(task.id),
+        )

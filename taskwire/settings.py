@@ -76,6 +76,11 @@ class Settings:
     # createTask per owner: a sustained rate and a burst (0 per minute turns the limit off).
     rate_limit_per_minute: float = 600.0
     rate_limit_burst: int = 60
+    # Prometheus metrics: GET /metrics on the API (no authentication: keep it off the public
+    # network, or turn it off), and on each processor an HTTP port (0: none) on this address.
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -198,4 +203,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_subscriptions_per_connection": _number(1, integer=True),
     "rate_limit_per_minute": _number(0),
     "rate_limit_burst": _number(1, integer=True),
+    "metrics_enabled": _flag,
+    "metrics_port": _number(0, maximum=65535, integer=True),
 }

@@ -311,3 +311,12 @@ DEFER_MANY = (
     .where(tasks.c.id == _DEFERRALS.c.id, sa.or_(tasks.c.status == PENDING, _LEASE_EXPIRED))
     .values(dispatch_after=_DEFERRALS.c.dispatch_after)
 )
+
+# Operators' counts (queueStats, `taskwire status`): tasks of every owner by status, and the
+# oldest PENDING one's creation, in one pass. The (status, dispatch_after) index keeps the
+# grouping cheap; no index of its own on purpose (every write would pay for it).
+STATS = sa.select(
+    tasks.c.status,
+    sa.func.count(),
+    sa.func.min(tasks.c.created_at).filter(tasks.c.status == PENDING),
+).group_by(tasks.c.status)

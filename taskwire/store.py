@@ -23,6 +23,7 @@ from taskwire.db import create_engine
 from taskwire.driver import StatementCache
 from taskwire.errors import ServiceUnavailable
 from taskwire.models import Task, TaskStatus
+from taskwire.ports import TaskCounts
 
 # Driver errors that mean "no usable connection" rather than "this statement is wrong".
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -308,6 +309,20 @@ class SqlTaskStore:
 
     async def ping(self) -> None:
         await self._execute(statements.PING, {})
+
+    async def stats(self) -> TaskCounts:
+        rows = await self._execute(statements.STATS, {})
+        counts = {TaskStatus(row[0]): int(row[1]) for row in rows}
+        oldest = next((row[2] for row in rows if row[0] == statements.PENDING), None)
+        return TaskCounts(
+            pending=counts.get(TaskStatus.PENDING, 0),
+            processing=counts.get(TaskStatus.PROCESSING, 0),
+            completed=counts.get(TaskStatus.COMPLETED, 0),
+            failed=counts.get(TaskStatus.FAILED, 0),
+            cancelled=counts.get(TaskStatus.CANCELLED, 0),
+            oldest_pending_at=oldest,
+            as_of=self._clock(),
+        )
 
     async def _finish(
         self,

@@ -14,7 +14,7 @@ import aio_pika
 import pytest
 
 from taskwire.errors import ServiceUnavailable
-from taskwire.ports import Delivery
+from taskwire.ports import Delivery, QueueCounts
 from taskwire.queue import MemoryTaskQueue, decode_task_id, encode_task_id, open_queue
 from taskwire.rabbitmq import RabbitTaskQueue
 from tests.support import rabbitmq as rabbitmq_support
@@ -373,3 +373,36 @@ def test_decode_accepts_extra_keys() -> None:
     # Forward compatible: a newer publisher may add fields.
     body = json.dumps({"task_id": _ID, "attempt": 2}).encode()
     assert decode_task_id(body) == UUID(_ID)
+
+
+# --- stats (queueStats, `taskwire status`) -------------------------------------------------
+
+
+async def test_stats_of_a_fresh_queue(queue: AnyQueue) -> None:
+    assert await queue.stats() == QueueCounts(queued=0, delayed=0, dead_lettered=0, consumers=0)
+
+
+async def test_stats_follow_messages_and_consumers(queue: AnyQueue) -> None:
+    await queue.publish(uuid4())
+    await queue.publish(uuid4())
+    await queue.publish(uuid4(), delay_seconds=60)  # still waiting when the test ends
+    await eventually(queue.stats, QueueCounts(queued=2, delayed=1, dead_lettered=0, consumers=0))
+    async with queue.consume(prefetch=1) as deliveries:
+        first = await next_delivery(deliveries)
+        # Delivered but not settled: no longer queued, not dead either.
+        await eventually(
+            queue.stats, QueueCounts(queued=1, delayed=1, dead_lettered=0, consumers=1)
+        )
+        await first.dead_letter()
+        second = await next_delivery(deliveries)
+        await second.ack()
+        await eventually(
+            queue.stats, QueueCounts(queued=0, delayed=1, dead_lettered=1, consumers=1)
+        )
+    await eventually(queue.stats, QueueCounts(queued=0, delayed=1, dead_lettered=1, consumers=0))
+
+
+async def test_stats_of_a_closed_queue_are_service_unavailable(queue: AnyQueue) -> None:
+    await queue.close()
+    with pytest.raises(ServiceUnavailable):
+        await queue.stats()

@@ -18,6 +18,7 @@ from alembic.migration import MigrationContext
 from taskwire.db import UtcDateTime, alembic_config, create_engine, metadata, migrate, tasks
 from taskwire.errors import ServiceUnavailable
 from taskwire.models import Task, TaskStatus
+from taskwire.ports import TaskCounts
 from taskwire.store import SqlTaskStore, open_store
 from tests.support.databases import fresh_postgres_database
 
@@ -1030,3 +1031,61 @@ async def test_unreachable_sqlite_is_service_unavailable(tmp_path: Path) -> None
             await store.ping()
         with pytest.raises(ServiceUnavailable):
             await store.get(uuid4())
+
+
+# --- stats (queueStats, `taskwire status`) -------------------------------------------------
+
+
+async def test_stats_of_an_empty_store(store: SqlTaskStore, clock: ManualClock) -> None:
+    assert await store.stats() == TaskCounts(
+        pending=0,
+        processing=0,
+        completed=0,
+        failed=0,
+        cancelled=0,
+        oldest_pending_at=None,
+        as_of=clock.now,
+    )
+
+
+async def test_stats_count_every_status_of_every_owner(
+    store: SqlTaskStore, clock: ManualClock
+) -> None:
+    oldest, _ = await store.create("a", attempt_limit=LIMIT, owner="alice")
+    clock.advance(1)
+    younger, _ = await store.create("b", attempt_limit=LIMIT, owner="bob")
+    clock.advance(1)
+    await claimed(store)  # stays PROCESSING
+    done = await claimed(store)
+    assert await store.complete(done.id, attempt=done.attempts, result="x") is not None
+    for _ in range(2):
+        lost = await claimed(store)
+        assert await store.fail(lost.id, attempt=lost.attempts, error="boom") is not None
+    dropped = await new_task(store)
+    assert await store.cancel(dropped.id) is not None
+    clock.advance(5)
+
+    counts = await store.stats()
+    assert (
+        counts.pending,
+        counts.processing,
+        counts.completed,
+        counts.failed,
+        counts.cancelled,
+    ) == (2, 1, 1, 2, 1)
+    assert counts.oldest_pending_at == oldest.created_at
+    assert_utc(counts.oldest_pending_at)
+    assert counts.as_of == clock.now
+
+    # Once the oldest is no longer PENDING, the next one is the oldest.
+    assert await store.claim(oldest.id, worker="w2", lease_seconds=LEASE) is not None
+    after = await store.stats()
+    assert (after.pending, after.processing) == (1, 2)
+    assert after.oldest_pending_at == younger.created_at
+
+
+async def test_stats_of_an_unreachable_database_is_service_unavailable(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'tasks.db'}"
+    async with open_store(url, dispatch_grace_seconds=GRACE) as store:
+        with pytest.raises(ServiceUnavailable):
+            await store.stats()

@@ -48,7 +48,13 @@ SETTINGS = {
 }
 # schemathesis generates queries and mutations only: Subscription.taskUpdated is served over
 # websockets alone (test_bad_input_ws.py), and a subscription sent over POST is refused.
-OPERATIONS = ("Query.task", "Mutation.createTask", "Mutation.cancelTask", "Mutation.retryTask")
+OPERATIONS = (
+    "Query.task",
+    "Query.queueStats",
+    "Mutation.createTask",
+    "Mutation.cancelTask",
+    "Mutation.retryTask",
+)
 # Errors that are the API's documented answers to what a generated request asks. schemathesis
 # counts any error raised by a resolver (it has a `path`) whose code it does not know as a
 # server error; an error with one of these codes is an answer. Any other code (or none, or

@@ -50,7 +50,9 @@ class TaskwireProcess:
     ) -> None:
         self.name = name
         self.args = args
-        self.env = {**os.environ, **env}
+        # Text logs unless a test asks for JSON: the tests read these files (the default, for
+        # output that is not a terminal, would be JSON).
+        self.env = {"LOG_FORMAT": "text", **os.environ, **env}
         self.log_path = log_dir / f"{name}.log"
         self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None

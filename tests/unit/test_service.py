@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 from uuid import UUID
@@ -17,7 +17,7 @@ from taskwire.cache import MemoryTaskCache
 from taskwire.db import migrate
 from taskwire.errors import ServiceUnavailable
 from taskwire.models import Task, TaskStatus
-from taskwire.ports import Delivery, TaskStore
+from taskwire.ports import Delivery, QueueCounts, TaskStore
 from taskwire.queue import MemoryTaskQueue
 from taskwire.settings import Settings
 from tests.support.auth import TESTER
@@ -26,13 +26,22 @@ from tests.support.auth import TESTER
 class DownQueue:
     """A broker that is unreachable."""
 
-    async def publish(self, task_id: UUID, *, delay_seconds: float = 0.0) -> None:
+    async def publish(
+        self,
+        task_id: UUID,
+        *,
+        delay_seconds: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         raise ServiceUnavailable("The broker is unavailable.")
 
     def consume(self, *, prefetch: int) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]:
         raise ServiceUnavailable("The broker is unavailable.")
 
     async def ping(self) -> None:
+        raise ServiceUnavailable("The broker is unavailable.")
+
+    async def stats(self) -> QueueCounts:
         raise ServiceUnavailable("The broker is unavailable.")
 
 
