@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -70,6 +70,9 @@ class Task:
     # The `sub` of the token that created it; "" for tasks from before owners existed, which
     # only an unrestricted (AUTH_MODE=none) caller sees.
     owner: str = ""
+    # to_json's answer, made on first use: a transition's snapshot is written to the cache and
+    # published as an event, the same JSON twice. Not part of the value.
+    _json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def terminal(self) -> bool:
@@ -79,6 +82,13 @@ class Task:
         return other is None or self.version > other.version
 
     def to_json(self) -> str:
+        if self._json is not None:
+            return self._json
+        encoded = self._encode()
+        object.__setattr__(self, "_json", encoded)  # a cache on a frozen value
+        return encoded
+
+    def _encode(self) -> str:
         # Built by hand: dataclasses.asdict deep-copies every field, a measurable share of a
         # processor's CPU per task (every transition is cached and published as JSON).
         data: dict[str, Any] = {

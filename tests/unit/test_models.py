@@ -123,4 +123,16 @@ def test_the_json_snapshot_carries_every_field() -> None:
         owner="alice",
     )
 
-    assert set(json.loads(task.to_json())) == {field.name for field in dataclasses.fields(Task)}
+    public = {field.name for field in dataclasses.fields(Task) if not field.name.startswith("_")}
+    assert set(json.loads(task.to_json())) == public
+
+
+def test_the_json_is_made_once_and_a_changed_copy_makes_its_own() -> None:
+    task = make_task(version=1)
+    encoded = task.to_json()
+    assert task.to_json() is encoded
+    changed = task.evolve(version=2, status=TaskStatus.PROCESSING)
+    assert json.loads(changed.to_json())["version"] == 2
+    assert json.loads(changed.to_json())["status"] == "PROCESSING"
+    assert changed != task
+    assert Task.from_json(encoded) == task  # the cached text is not part of the value
