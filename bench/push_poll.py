@@ -2,16 +2,17 @@
 subscription or by polling task(id) once a second; counted per finished task: the requests the
 clients made and the database queries (and Redis commands) the deployment ran for them.
 
-Counting database queries: the store runs every statement on its own in autocommit, so each one
-is a transaction and PostgreSQL's `pg_stat_database.xact_commit` for the deployment's database
-counts statements (pg_stat_statements would need the server restarted with it preloaded). The
-counter also holds what the work itself costs (createTask's INSERT and its dispatch mark, the
-processor's claim and finish, the dispatcher's rounds), so the same 1,000 tasks are first run
-with nobody waiting ("idle") and that phase's count per task is subtracted from the others'.
-This scenario's own completion checks run on the same database and are counted and subtracted
-too; the counter is read from another database, after the deployment's sessions were ended so
-that every backend reported (see Counters). Redis commands are counted the same way from
-`INFO commandstats` (server-wide: exact when the Redis is the bench's own).
+Counting database queries: what waiting costs the database is reads of a task's snapshot (a
+task(id) that misses the cache, a subscription's first read on a miss and its re-reads), and
+nothing else reads one: createTask inserts, the processor's transitions are UPDATE ...
+RETURNING, the dispatcher selects ids. pg_stat_statements (preloaded by tests/servers) counts
+those reads exactly: `db_queries_per_task`. For context, `db_statements_per_task_total` is every
+statement the deployment ran (PostgreSQL's `xact_commit`: each statement is a transaction in
+autocommit), the work's own included; it cannot be split by subtracting a phase with nobody
+waiting, since concurrent transitions share statements (taskwire.batching) as load allows. The
+counters are read from another database, after the deployment's sessions were ended so that
+every backend reported (see Counters). Redis commands are counted from `INFO commandstats`
+(server-wide: exact when the Redis is the bench's own), less the idle phase's per task.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ SESSION_SETUP_QUERIES = 1
 FINISH_POLL_SECONDS = 0.5
 FLUSH_POLL_SECONDS = 0.05
 FLUSH_TIMEOUT_SECONDS = 10.0
+# The store's reads of a task snapshot (taskwire.statements GET and GET_BY_KEY) begin so, and
+# no other statement does.
+SNAPSHOT_READ = "SELECT tasks.id, tasks.status, tasks.input_data,%"
 # Commands that are the measuring itself or keep-alive, not work for a client.
 UNCOUNTED_REDIS = frozenset({"info", "ping"})
 
@@ -93,6 +97,7 @@ class Phase:
     how: str
     result: dict[str, Any]
     queries: float  # database statements, less this scenario's own and sessions' set-up
+    reads: float  # reads of a task snapshot (pg_stat_statements)
     sessions: float  # database sessions the deployment opened
     redis_commands: float
     finished: int
@@ -121,6 +126,13 @@ class Counters:
         self.admin = await asyncpg.connect(self.admin_dsn)
         if await self.admin.fetchval("SELECT current_database()") == self.database:
             raise RuntimeError("the admin URL must name another database than the deployment's")
+        try:
+            await self.admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await self.admin.fetchval("SELECT count(*) FROM pg_stat_statements")
+        except asyncpg.PostgresError as exc:
+            raise RuntimeError(
+                f"push-vs-poll counts reads with pg_stat_statements, preloaded: {exc}"
+            ) from exc
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -128,8 +140,9 @@ class Counters:
             await self.admin.close()
         await self.redis.aclose()
 
-    async def read(self) -> tuple[int, int, int]:
-        """(statements, sessions, Redis commands) so far, every backend's counts reported."""
+    async def read(self) -> tuple[int, int, int, int]:
+        """(statements, snapshot reads, sessions, Redis commands) so far, every backend's
+        counts reported."""
         deadline = time.monotonic() + FLUSH_TIMEOUT_SECONDS
         while True:
             # Ends only the sessions of the deployment's own (throwaway) database.
@@ -145,8 +158,15 @@ class Counters:
             "SELECT xact_commit, sessions FROM pg_stat_database WHERE datname = $1",
             self.database,
         )
+        reads = await self.admin.fetchval(
+            "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s "
+            "JOIN pg_database d ON d.oid = s.dbid "
+            "WHERE d.datname = $1 AND s.query LIKE $2",
+            self.database,
+            SNAPSHOT_READ,
+        )
         redis = redis_calls(await self.redis.info("commandstats"))
-        return int(row["xact_commit"]), int(row["sessions"]), redis
+        return int(row["xact_commit"]), int(reads), int(row["sessions"]), redis
 
     async def wait_finished(self, total: int, timeout: float) -> int:
         """Wait until `total` tasks of the deployment are final; returns how many are. Its own
@@ -191,7 +211,7 @@ async def run(stack: Stack, seconds: float) -> list[Measurement]:
 async def _phase(deployment: Deployment, counters: Counters, how: str, total: int) -> Phase:
     api_url = deployment.api_urls[0]
     own_before = counters.own_queries
-    commits_before, sessions_before, redis_before = await counters.read()
+    commits_before, reads_before, sessions_before, redis_before = await counters.read()
     result = await run_load(
         "bench.ws_load",
         {
@@ -207,7 +227,7 @@ async def _phase(deployment: Deployment, counters: Counters, how: str, total: in
         timeout=PHASE_TIMEOUT_SECONDS,
     )
     finished = await counters.wait_finished(total, PHASE_TIMEOUT_SECONDS / 2)
-    commits_after, sessions_after, redis_after = await counters.read()
+    commits_after, reads_after, sessions_after, redis_after = await counters.read()
     sessions = sessions_after - sessions_before - 1  # less wait_finished's own
     own = counters.own_queries - own_before
     return Phase(
@@ -215,6 +235,7 @@ async def _phase(deployment: Deployment, counters: Counters, how: str, total: in
         result=result,
         # Less one per new session: its set-up query (see SESSION_SETUP_QUERIES).
         queries=commits_after - commits_before - own - sessions * SESSION_SETUP_QUERIES,
+        reads=reads_after - reads_before,
         sessions=sessions,
         redis_commands=redis_after - redis_before,
         finished=finished - (total - CLIENTS),
@@ -224,6 +245,7 @@ async def _phase(deployment: Deployment, counters: Counters, how: str, total: in
 def _measurements(phases: Mapping[str, Phase]) -> list[Measurement]:
     idle = phases["none"]
     base_queries = per_task(idle.queries, 0, idle.finished)
+    base_reads = per_task(idle.reads, 0, idle.finished)
     base_redis = per_task(idle.redis_commands, 0, idle.finished)
     extras: dict[str, dict[str, float]] = {}
     for how in ("push", "poll"):
@@ -234,12 +256,13 @@ def _measurements(phases: Mapping[str, Phase]) -> list[Measurement]:
         # websocket upgrades and subscribe operations.
         waiting = result["requests"] - creates + result["upgrades"] + result["subscribes"]
         queries = per_task(phase.queries, 0, phase.finished)
+        reads = per_task(phase.reads, 0, phase.finished)
         redis = per_task(phase.redis_commands, 0, phase.finished)
         extras[how] = {
             "requests_per_task": waiting / max(phase.finished, 1),
             "messages_per_task": result["messages"] / max(phase.finished, 1),
-            "db_queries_per_task": queries - base_queries,
-            "db_queries_per_task_total": queries,
+            "db_queries_per_task": reads,
+            "db_statements_per_task_total": queries,
             "db_sessions_per_task": phase.sessions / max(phase.finished, 1),
             "redis_commands_per_task": redis - base_redis,
             "finished": float(phase.finished),
@@ -254,7 +277,8 @@ def _measurements(phases: Mapping[str, Phase]) -> list[Measurement]:
             scenario=IDLE,
             throughput=None,
             extra={
-                "db_queries_per_task_total": base_queries,
+                "db_queries_per_task": base_reads,
+                "db_statements_per_task_total": base_queries,
                 "db_sessions_per_task": idle.sessions / max(idle.finished, 1),
                 "redis_commands_per_task": base_redis,
                 "finished": float(idle.finished),

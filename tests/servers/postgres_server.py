@@ -34,6 +34,11 @@ class PostgresServer(Server):
         self.synchronous_commit = synchronous_commit
         self.data_dir = self.home / "data"
 
+    @property
+    def has_statement_stats(self) -> bool:
+        """Whether the pg_stat_statements module is installed (Debian ships it with the server)."""
+        return (self.bin_dir.parent / "lib" / "pg_stat_statements.so").exists()
+
     @classmethod
     def missing_binaries(cls) -> list[str]:
         return [] if bin_directory() else ["postgres (Debian package postgresql)"]
@@ -84,6 +89,9 @@ class PostgresServer(Server):
             "synchronous_commit": "on" if self.synchronous_commit else "off",
             "max_connections": "300",
         }
+        if self.has_statement_stats:
+            # Counts calls per statement (bench/push_poll.py counts the task reads with it).
+            settings["shared_preload_libraries"] = "pg_stat_statements"
         options = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
         postgres = str(self.bin_dir / "postgres")
         return [*self._as_postgres(), postgres, "-D", str(self.data_dir), *options]
