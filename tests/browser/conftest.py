@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
 import pytest
@@ -57,39 +58,28 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-@pytest.fixture(scope="module")
-async def open_api(
-    postgres_admin_url: str,
-    redis_url: str,
-    rabbitmq_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Deployment]:
-    """An API with AUTH_MODE=none, as `taskwire dev` runs it."""
-    async with running_deployment(
-        postgres_admin_url,
-        redis_url,
-        rabbitmq_url,
-        tmp_path_factory.mktemp("browser-open"),
-        extra_env=OPEN_ENV,
+def _deployment(
+    request: pytest.FixtureRequest, name: str, env: Mapping[str, str]
+) -> AbstractAsyncContextManager[Deployment]:
+    return running_deployment(
+        request.getfixturevalue("postgres_admin_url"),
+        request.getfixturevalue("redis_url"),
+        request.getfixturevalue("rabbitmq_url"),
+        request.getfixturevalue("tmp_path_factory").mktemp(name),
+        extra_env=env,
         processors=1,
-    ) as deployment:
+    )
+
+
+@pytest.fixture(scope="module")
+async def open_api(request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
+    """An API with AUTH_MODE=none, as `taskwire dev` runs it."""
+    async with _deployment(request, "browser-open", OPEN_ENV) as deployment:
         yield deployment
 
 
 @pytest.fixture(scope="module")
-async def secured_api(
-    postgres_admin_url: str,
-    redis_url: str,
-    rabbitmq_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Deployment]:
+async def secured_api(request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
     """An API with AUTH_MODE=jwt: tokens from tests.support.auth.token_for()."""
-    async with running_deployment(
-        postgres_admin_url,
-        redis_url,
-        rabbitmq_url,
-        tmp_path_factory.mktemp("browser-secured"),
-        extra_env=SECURED_ENV,
-        processors=1,
-    ) as deployment:
+    async with _deployment(request, "browser-secured", SECURED_ENV) as deployment:
         yield deployment
