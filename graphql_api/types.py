@@ -29,6 +29,9 @@ class TaskType:
     result: str | None = strawberry.field(description="The reversed input once COMPLETED.")
     error: str | None = strawberry.field(description="Why, once FAILED.")
     attempts: int
+    attempt_limit: int = strawberry.field(
+        description="How many attempts the task may have in all; retryTask raises it."
+    )
     version: int = strawberry.field(
         description="1 at creation, +1 on every change; events carry it."
     )
@@ -55,6 +58,7 @@ class TaskType:
             result=task.result,
             error=task.error,
             attempts=task.attempts,
+            attempt_limit=task.attempt_limit,
             version=task.version,
             created_at=task.created_at,
             updated_at=task.updated_at,

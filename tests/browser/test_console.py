@@ -70,7 +70,7 @@ async def test_console_follows_a_task_live_to_completed(
         await expect(_field(card, "status")).to_have_text("COMPLETED", timeout=TIMEOUT_MS)
         await expect(_field(card, "result")).to_have_text("desserts")
         await expect(_field(card, "inputData")).to_have_text("stressed")
-        await expect(_field(card, "attempts")).to_have_text("1")
+        await expect(_field(card, "attempts")).to_have_text("1 / 3")
         await expect(_field(card, "error")).to_have_text("—")
         for name in ("createdAt", "startedAt", "finishedAt", "queuedFor", "ranFor"):
             await expect(_field(card, name)).not_to_have_text("—")

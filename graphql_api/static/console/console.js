@@ -24,7 +24,8 @@
   const FATAL_CLOSES = new Set([4400, 4401, 4403, 4409, 4429]);
 
   const TASK_FIELDS = `fragment TaskFields on Task {
-    id status inputData result error attempts version createdAt updatedAt startedAt finishedAt
+    id status inputData result error attempts attemptLimit version
+    createdAt updatedAt startedAt finishedAt
   }`;
   const CREATE_TASK = `mutation CreateTask($input: CreateTaskInput!) {
     createTask(input: $input) { ...TaskFields }
