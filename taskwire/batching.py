@@ -37,13 +37,19 @@ class Batcher(Generic[Item, Result]):
         max_size: int = 256,
         max_in_flight: int = 2,
         key: Callable[[Item], Hashable] | None = None,
+        linger_seconds: float = 0.0,
     ) -> None:
         if max_size < 1 or max_in_flight < 1:
             raise ValueError("max_size and max_in_flight must be at least 1")
+        if linger_seconds < 0:
+            raise ValueError("linger_seconds must not be negative")
         self._run = run
         self._max_size = max_size
         self._max_in_flight = max_in_flight
         self._key = key
+        # For work nobody waits on: a batch leaves this long after its first item, not on the
+        # next turn of the loop, so calls that trickle in still share it.
+        self._linger = linger_seconds
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._scheduled = False
@@ -59,8 +65,11 @@ class Batcher(Generic[Item, Result]):
         if self._scheduled or not self._pending or len(self._in_flight) >= self._max_in_flight:
             return
         self._scheduled = True
-        # call_soon, not now: the other callers of this turn of the loop join the batch.
-        loop.call_soon(self._start, loop)
+        if self._linger:
+            loop.call_later(self._linger, self._start, loop)
+        else:
+            # call_soon, not now: the other callers of this turn of the loop join the batch.
+            loop.call_soon(self._start, loop)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
+from taskwire.background import Background
 from taskwire.cache import open_cache
 from taskwire.events import open_events
 from taskwire.metrics import Metrics
@@ -29,6 +30,8 @@ class Services:
     limiter: RateLimiter
     # This process's Prometheus metrics (its own registry).
     metrics: Metrics = field(default_factory=Metrics)
+    # What a use case starts and does not wait for (taskwire.background).
+    background: Background = field(default_factory=Background)
 
 
 @asynccontextmanager
@@ -62,6 +65,9 @@ async def connect(
             )
         )
         metrics.queue.watch(queue)
+        background = Background()
+        # Closed first (the exit stack unwinds backwards): its work still uses the connections.
+        stack.push_async_callback(background.aclose)
         yield Services(
             settings=settings,
             store=store,
@@ -70,4 +76,5 @@ async def connect(
             queue=queue,
             limiter=limiter,
             metrics=metrics,
+            background=background,
         )

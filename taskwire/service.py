@@ -203,13 +203,12 @@ async def _dispatch(services: Services, task: Task) -> None:
             extra=task_fields(task.id),
         )
     else:
-        try:
-            await services.store.defer_dispatch(
-                task.id, seconds=services.settings.redispatch_seconds
-            )
-        except ServiceUnavailable:
-            # The task is committed and on the queue: the cost is one redundant re-publish.
-            log.warning("deferring the re-publish of task %s failed", task.id)
+        # Not waited for: the deadline only spares the dispatcher a re-publish (a failure costs
+        # one redundant publish, logged), and nothing the caller gets back depends on it.
+        services.background.spawn(
+            services.store.defer_dispatch(task.id, seconds=services.settings.redispatch_seconds),
+            what=f"deferring the re-publish of task {task.id}",
+        )
 
 
 async def get_task(services: Services, caller: Principal, task_id: UUID) -> Task | None:

@@ -39,6 +39,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# How long deferrals of the outbox deadline gather before they share one UPDATE.
+DEFERRAL_LINGER_SECONDS = 0.02
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -106,8 +110,9 @@ class SqlTaskStore:
             self._inserts: Batcher[_Insert, bool] | None = Batcher(
                 self._insert_batch, key=_insert_key
             )
+            # Deferrals are not waited for (taskwire.service._dispatch): they gather for a while.
             self._deferrals: Batcher[_Deferral, None] | None = Batcher(
-                self._defer_batch, key=_task_id
+                self._defer_batch, key=_task_id, linger_seconds=DEFERRAL_LINGER_SECONDS
             )
         else:
             # pysqlite flips isolation levels through aiosqlite's thread on every checkout,

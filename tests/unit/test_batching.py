@@ -124,11 +124,27 @@ async def test_a_cancelled_caller_leaves_the_others_alone() -> None:
     assert run.batches == [[0], [2]]
 
 
+async def test_a_lingering_batcher_gathers_calls_that_trickle_in() -> None:
+    run = Recorder()
+    batcher = Batcher(run, linger_seconds=0.05)
+
+    async def later(item: int, delay: float) -> int:
+        await asyncio.sleep(delay)
+        return await batcher.submit(item)
+
+    results = await asyncio.gather(later(1, 0), later(2, 0.01), later(3, 0.02))
+
+    assert list(results) == [2, 4, 6]
+    assert run.batches == [[1, 2, 3]]
+
+
 def test_sizes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(Recorder(), max_size=0)
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(Recorder(), max_in_flight=0)
+    with pytest.raises(ValueError, match="negative"):
+        Batcher(Recorder(), linger_seconds=-1)
 
 
 async def _until(condition: object, timeout: float = 5.0) -> None:

@@ -1,0 +1,48 @@
+"""Work a request starts but does not wait for, owned by the process's Services: held by a
+strong reference while it runs, its failure logged, and waited for (briefly) at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from taskwire.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_SECONDS = 5.0
+
+
+class Background:
+    def __init__(self) -> None:
+        # The loop keeps only weak references to tasks: without these, one could vanish mid-run.
+        self._running: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def spawn(self, work: Coroutine[Any, Any, None], *, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._running.add(task)
+        task.add_done_callback(lambda done: self._finished(done, what))
+
+    def _finished(self, task: asyncio.Task[None], what: str) -> None:
+        self._running.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, ServiceUnavailable):
+            log.warning("%s failed: %s", what, error)
+        elif error is not None:
+            log.error("%s failed", what, exc_info=error)
+
+    async def aclose(self, timeout: float = SHUTDOWN_SECONDS) -> None:
+        """Let what runs finish, for up to `timeout` seconds; cancel the rest."""
+        if not self._running:
+            return
+        _, pending = await asyncio.wait(set(self._running), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
