@@ -518,3 +518,31 @@ def test_compose_wires_prometheus_grafana_and_processor_metrics() -> None:
     ):
         assert path in volumes
         assert (ROOT / path).exists()
+
+
+class _UnlistenedServer:
+    """What uvloop hands the loser of two simultaneous binds: a server whose socket is None."""
+
+    sockets = (None,)
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+async def test_a_port_that_did_not_listen_serves_nothing_and_the_work_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = _UnlistenedServer()
+
+    async def start_server(*args: object, **kwargs: object) -> _UnlistenedServer:
+        return server
+
+    monkeypatch.setattr(asyncio, "start_server", start_server)
+    async with serving(Metrics(), "127.0.0.1", 9100) as bound:
+        assert bound is None
+    assert server.closed
+    assert "did not listen" in caplog.text
