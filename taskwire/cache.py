@@ -68,6 +68,17 @@ def redis_client(url: str) -> Redis:
     return Redis.from_pool(pool)
 
 
+def _decoded(task_id: UUID, reply: object) -> Task | None:
+    """The snapshot in a reply, or None when the reply is anything but this task's snapshot."""
+    if not isinstance(reply, bytes | str):
+        return None
+    try:
+        task = Task.from_json(reply)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return task if task.id == task_id else None
+
+
 def _ttl_ms(ttl_seconds: float) -> int:
     return max(1, round(ttl_seconds * 1000))
 
@@ -93,38 +104,30 @@ class RedisTaskCache:
         return await self._writes.submit((task, ttl_seconds))
 
     async def _get_batch(self, task_ids: Sequence[UUID]) -> list[Task | None]:
+        keys = [self.key(task_id) for task_id in task_ids]
         pipeline = self._client.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipeline.hget(self.key(task_id), "d")
+        for key in keys:
+            pipeline.hget(key, "d")
         try:
             # Errors in place: one key of the wrong type must not fail the others' reads.
             replies = await pipeline.execute(raise_on_error=False)
         except RedisError as exc:
             raise ServiceUnavailable(f"Redis cache: {exc}") from exc
-        return [
-            await self._entry(task_id, reply)
-            for task_id, reply in zip(task_ids, replies, strict=True)
-        ]
+        found: list[Task | None] = []
+        for task_id, key, reply in zip(task_ids, keys, replies, strict=True):
+            task = _decoded(task_id, reply) if reply is not None else None
+            if task is None and reply is not None:
+                await self._discard_spoiled(key, reply)
+            found.append(task)
+        return found
 
-    async def _entry(self, task_id: UUID, reply: object) -> Task | None:
-        key = self.key(task_id)
-        if isinstance(reply, ResponseError):
-            # WRONGTYPE: something that is not our hash sits at the key.
-            await self._discard(key)
-            return None
-        if isinstance(reply, RedisError):
+    async def _discard_spoiled(self, key: str, reply: object) -> None:
+        if isinstance(reply, RedisError) and not isinstance(reply, ResponseError):
             raise ServiceUnavailable(f"Redis cache: {reply}")
-        if reply is None:
-            return None
-        try:
-            task = Task.from_json(reply) if isinstance(reply, bytes | str) else None
-        except (ValueError, KeyError, TypeError):
-            task = None
-        if task is None or task.id != task_id:
+        # A ResponseError is WRONGTYPE: something that is not our hash sits at the key.
+        if not isinstance(reply, ResponseError):
             log.warning("discarding a corrupt cache entry at %s", key)
-            await self._discard(key)
-            return None
-        return task
+        await self._discard(key)
 
     async def _put_batch(self, writes: Sequence[tuple[Task, float]]) -> list[bool]:
         # In call order: two versions of one task meet the compare-and-set in turn.
