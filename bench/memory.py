@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from bench.load import run_load
@@ -30,7 +28,7 @@ from bench.ws_parent import (
     raise_fd_limit,
     report_errors,
     split,
-    wait_ready,
+    subscriber_loads,
 )
 
 NAME = "memory"
@@ -132,42 +130,31 @@ async def _hold(
     api_url = deployment.api_urls[0]
     subs_per_task = max(1, subscriptions // len(task_ids))
     tasks = task_ids[: subscriptions // subs_per_task]
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as workdir:
-        shares = split(tasks, processes_for(subscriptions))
-        ready_files = [Path(workdir, f"ready-{index}") for index in range(len(shares))]
-        loads = [
-            asyncio.create_task(
-                run_load(
-                    "bench.ws_load",
-                    {
-                        "mode": "subscribe",
-                        "ws_url": graphql_ws_url(api_url),
-                        "token": deployment.token(),
-                        "task_ids": share,
-                        "subs_per_task": subs_per_task,
-                        "per_connection": per_connection,
-                        "subscribe_window": 100,
-                        "hold": True,
-                        "ready_file": str(ready_file),
-                        "timeout": SETUP_TIMEOUT_SECONDS,
-                        "wait_seconds": HOLD_SECONDS,
-                    },
-                    timeout=SETUP_TIMEOUT_SECONDS + HOLD_SECONDS + 60,
-                )
-            )
-            for share, ready_file in zip(shares, ready_files, strict=True)
-        ]
-        try:
-            ready = await wait_ready(ready_files, loads, timeout=SETUP_TIMEOUT_SECONDS + 30)
-            if on_ready is not None:
-                await on_ready()
-            for item in ready:
-                os.kill(int(item["pid"]), RELEASE_SIGNAL)
-            return list(await asyncio.gather(*loads))
-        finally:
-            for load in loads:
-                load.cancel()
-            await asyncio.gather(*loads, return_exceptions=True)
+    token = deployment.token()
+    params = [
+        {
+            "ws_url": graphql_ws_url(api_url),
+            "token": token,
+            "task_ids": share,
+            "subs_per_task": subs_per_task,
+            "per_connection": per_connection,
+            "subscribe_window": 100,
+            "hold": True,
+            "timeout": SETUP_TIMEOUT_SECONDS,
+            "wait_seconds": HOLD_SECONDS,
+        }
+        for share in split(tasks, processes_for(subscriptions))
+    ]
+    async with subscriber_loads(
+        params,
+        timeout=SETUP_TIMEOUT_SECONDS + HOLD_SECONDS + 60,
+        ready_timeout=SETUP_TIMEOUT_SECONDS + 30,
+    ) as (ready, loads):
+        if on_ready is not None:
+            await on_ready()
+        for item in ready:
+            os.kill(int(item["pid"]), RELEASE_SIGNAL)
+        return list(await asyncio.gather(*loads))
 
 
 async def settled_rss(deployment: Deployment, pid: int) -> float:

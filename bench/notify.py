@@ -24,7 +24,6 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from bench.load import run_load
@@ -39,7 +38,7 @@ from bench.ws_parent import (
     raise_fd_limit,
     report_errors,
     split,
-    wait_ready,
+    subscriber_loads,
 )
 
 NAME = "notify"
@@ -123,48 +122,36 @@ async def _bulk(deployment: Deployment, size: int, seconds: float) -> Measuremen
     if len(task_ids) < tasks:
         raise RuntimeError(f"created {len(task_ids)} of {tasks} tasks: {created['first_error']}")
     api_pid = deployment.api_pids[0]
-    with tempfile.TemporaryDirectory(prefix="bench-notify-") as workdir:
-        shares = split(task_ids, processes_for(size))
-        ready_files = [Path(workdir, f"ready-{index}") for index in range(len(shares))]
-        loads = [
-            asyncio.create_task(
-                run_load(
-                    "bench.ws_load",
-                    {
-                        "mode": "subscribe",
-                        "ws_url": graphql_ws_url(api_url),
-                        "token": token,
-                        "task_ids": share,
-                        "subs_per_task": size // tasks,
-                        "per_connection": PER_CONNECTION,
-                        "subscribe_window": SUBSCRIBE_WINDOW,
-                        # One load process also watches the events at Redis (see RedisProbe).
-                        "probe_redis_url": deployment.env["REDIS_URL"] if index == 0 else "",
-                        "probe_prefix": deployment.env["CHANNEL_PREFIX"],
-                        "ready_file": str(ready_file),
-                        "timeout": SETUP_TIMEOUT_SECONDS,
-                        "wait_seconds": 3 * seconds + FINAL_SLACK_SECONDS,
-                    },
-                    timeout=SETUP_TIMEOUT_SECONDS + 3 * seconds + 2 * FINAL_SLACK_SECONDS,
-                )
-            )
-            for index, (share, ready_file) in enumerate(zip(shares, ready_files, strict=True))
-        ]
-        try:
-            ready = await wait_ready(ready_files, loads, timeout=SETUP_TIMEOUT_SECONDS)
-            rss_subscribed = deployment.rss_kib(api_pid)
-            cpu_before = cpu_seconds(api_pid)
-            work = {
-                "TASK_DELAY_SECONDS": str(WORK_SECONDS),
-                "PROCESSOR_CONCURRENCY": str(pace(tasks, seconds)),
-            }
-            async with processor(deployment.env, work):
-                results = list(await asyncio.gather(*loads))
-            api_cpu = cpu_seconds(api_pid) - cpu_before
-        finally:
-            for load in loads:
-                load.cancel()
-            await asyncio.gather(*loads, return_exceptions=True)
+    params = [
+        {
+            "ws_url": graphql_ws_url(api_url),
+            "token": token,
+            "task_ids": share,
+            "subs_per_task": size // tasks,
+            "per_connection": PER_CONNECTION,
+            "subscribe_window": SUBSCRIBE_WINDOW,
+            # One load process also watches the events at Redis (see RedisProbe).
+            "probe_redis_url": deployment.env["REDIS_URL"] if index == 0 else "",
+            "probe_prefix": deployment.env["CHANNEL_PREFIX"],
+            "timeout": SETUP_TIMEOUT_SECONDS,
+            "wait_seconds": 3 * seconds + FINAL_SLACK_SECONDS,
+        }
+        for index, share in enumerate(split(task_ids, processes_for(size)))
+    ]
+    async with subscriber_loads(
+        params,
+        timeout=SETUP_TIMEOUT_SECONDS + 3 * seconds + 2 * FINAL_SLACK_SECONDS,
+        ready_timeout=SETUP_TIMEOUT_SECONDS,
+    ) as (ready, loads):
+        rss_subscribed = deployment.rss_kib(api_pid)
+        cpu_before = cpu_seconds(api_pid)
+        work = {
+            "TASK_DELAY_SECONDS": str(WORK_SECONDS),
+            "PROCESSOR_CONCURRENCY": str(pace(tasks, seconds)),
+        }
+        async with processor(deployment.env, work):
+            results = list(await asyncio.gather(*loads))
+        api_cpu = cpu_seconds(api_pid) - cpu_before
     at_redis = [sample for result in results for sample in result.get("redis_latencies_ms", ())]
     extra = {
         # The processor's share of the latency: finishedAt to the event's arrival at Redis.

@@ -10,9 +10,13 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+from bench.load import run_load
 
 # How often the parent looks for the load processes' ready files.
 READY_POLL_SECONDS = 0.05
@@ -36,6 +40,33 @@ def split(items: Sequence[T], parts: int) -> list[list[T]]:
         shares.append(list(items[start:end]))
         start = end
     return shares
+
+
+@asynccontextmanager
+async def subscriber_loads(
+    params: Sequence[Mapping[str, Any]], *, timeout: float, ready_timeout: float
+) -> AsyncIterator[tuple[list[dict[str, Any]], list[asyncio.Task[dict[str, Any]]]]]:
+    """One `bench.ws_load` subscribe process per entry of `params` (each with its own ready
+    file); yields once all are subscribed, with their ready files' contents and the running
+    loads (gather them for the results). Whatever is still running at exit is cancelled."""
+    with tempfile.TemporaryDirectory(prefix="bench-subscribers-") as workdir:
+        ready_files = [Path(workdir, f"ready-{index}") for index in range(len(params))]
+        loads = [
+            asyncio.create_task(
+                run_load(
+                    "bench.ws_load",
+                    {**share, "mode": "subscribe", "ready_file": str(ready_file)},
+                    timeout=timeout,
+                )
+            )
+            for share, ready_file in zip(params, ready_files, strict=True)
+        ]
+        try:
+            yield await wait_ready(ready_files, loads, timeout=ready_timeout), loads
+        finally:
+            for load in loads:
+                load.cancel()
+            await asyncio.gather(*loads, return_exceptions=True)
 
 
 async def wait_ready(
