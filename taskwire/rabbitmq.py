@@ -17,10 +17,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aiormq import spec
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 # Defaults added to the URL unless it sets them (aiormq's heartbeat default is 60 s).
 URL_DEFAULTS = {"heartbeat": "30", "reconnect_interval": "2"}
 _SETTLE_ERRORS = (*CONNECTION_EXCEPTIONS, TimeoutError)
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 
 def queue_arguments(name: str, *, delivery_limit: int) -> dict[str, Any]:
@@ -170,13 +172,10 @@ class RabbitTaskQueue:
         routing_key = self.name
         if delay_ms:
             routing_key = delay_queue_name(self.name, delay_bucket_ms(delay_ms))
-        message = aio_pika.Message(
-            encode_task_id(task_id),
+        properties = spec.Basic.Properties(
             content_type=CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            # aio-pika takes seconds and truncates them to milliseconds: 1001 / 1000 would
-            # come out as 1000 ms, so aim at the middle of the millisecond.
-            expiration=(delay_ms + 0.5) / 1000 if delay_ms else None,
+            delivery_mode=PERSISTENT,
+            expiration=str(delay_ms) if delay_ms else None,
             # The trace context; a delay queue's dead-lettering keeps them (and adds x-death).
             headers=dict(headers) if headers else None,
         )
@@ -186,9 +185,20 @@ class RabbitTaskQueue:
         try:
             async with asyncio.timeout(self._timeout):
                 await channel.ready()  # waits out a reconnect, within the same bound
-                # mandatory: with the queue gone the broker returns the message, and
-                # on_return_raises turns that into PublishError instead of a silent drop.
-                await channel.default_exchange.publish(message, routing_key, mandatory=True)
+                underlay = cast("aiormq.Channel", await channel.get_underlay_channel())
+                # aiormq's own publish, as aio-pika's Exchange.publish calls it, but with
+                # wait=False: the channel's lock is released once the frames are queued, not
+                # once the socket has drained them, so concurrent publishes share the writer's
+                # turns instead of taking one each. The broker's confirm is still awaited.
+                # mandatory: with the queue gone the broker returns the message, and the
+                # channel's on_return_raises turns that into PublishError, not a silent drop.
+                await underlay.basic_publish(
+                    encode_task_id(task_id),
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=True,
+                    wait=False,
+                )
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
             # Broker error texts can name hosts; the caller only needs to know it failed.
             log.warning("publish of task %s failed: %r", task_id, exc)
