@@ -99,7 +99,10 @@ class Query:
 class Mutation:
     create_task: TaskType = strawberry.mutation(
         resolver=resolve_create_task,
-        description="Submit work. Returns once the task is stored, queued and cached.",
+        description=(
+            "Submit work. Returns once the task is stored and cached; it is queued at the same "
+            "time (and by the dispatcher, should that fail)."
+        ),
     )
     cancel_task: TaskType = strawberry.mutation(
         resolver=resolve_cancel_task,

@@ -38,11 +38,22 @@ class Background:
         elif error is not None:
             log.error("%s failed", what, exc_info=error)
 
+    async def settle(self, timeout: float) -> set[asyncio.Task[None]]:
+        """Wait up to `timeout` seconds for what runs to finish, including work that running
+        work spawns meanwhile; return what still runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            # A finished task leaves the set in a callback that may not have run yet.
+            running = {task for task in self._running if not task.done()}
+            left = deadline - loop.time()
+            if not running or left <= 0:
+                return running
+            await asyncio.wait(running, timeout=left)
+
     async def aclose(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         """Let what runs finish, for up to `timeout` seconds; cancel the rest."""
-        if not self._running:
-            return
-        _, pending = await asyncio.wait(set(self._running), timeout=timeout)
+        pending = await self.settle(timeout)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

@@ -32,6 +32,9 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     # What a use case starts and does not wait for (taskwire.background).
     background: Background = field(default_factory=Background)
+    # createTask's publishes awaiting their confirm, counted apart: their number is the bound
+    # past which createTask waits for its own publish (Settings.publish_backlog).
+    publishes: Background = field(default_factory=Background)
 
 
 @asynccontextmanager
@@ -66,8 +69,11 @@ async def connect(
         )
         metrics.queue.watch(queue)
         background = Background()
-        # Closed first (the exit stack unwinds backwards): its work still uses the connections.
+        publishes = Background()
+        # Closed before the connections (the exit stack unwinds backwards), publishes first:
+        # a confirmed publish still starts its deferral in `background`.
         stack.push_async_callback(background.aclose)
+        stack.push_async_callback(publishes.aclose)
         yield Services(
             settings=settings,
             store=store,
@@ -77,4 +83,5 @@ async def connect(
             limiter=limiter,
             metrics=metrics,
             background=background,
+            publishes=publishes,
         )

@@ -106,11 +106,14 @@ async def _create_task(
     *,
     idempotency_key: str | None = None,
 ) -> Task:
-    """Commit the task, owned by the caller, then publish it with a confirm, then cache it.
+    """Commit the task, owned by the caller, cache it and publish it with a confirm.
 
-    A failed publish does not fail the request: the task is committed, and the tasks table is
-    the outbox that the dispatcher re-publishes from. A repeated idempotency key (per owner)
-    returns the task it created (in its current state) and publishes nothing.
+    The answer waits for the commit and the cache write, not for the broker's confirm: the
+    tasks table is the outbox, so a publish that fails (or a process that dies before it is
+    confirmed) is re-published by the dispatcher, exactly as when it failed in the request.
+    Past `publish_backlog` unconfirmed publishes the request waits for its own. A repeated
+    idempotency key (per owner) returns the task it created (in its current state) and
+    publishes nothing.
     """
     _require_write(caller)
     if services.settings.crash_point == "unexpected_error":
@@ -140,9 +143,15 @@ async def _create_task(
         os._exit(70)
     services.metrics.tasks_created.inc()
     log_transition(log, task, "created", None)
-    # Independent of each other (the cache orders versions itself): one wait instead of two.
-    with bound_task(task.id):  # before gather: its tasks copy the context when made
-        await asyncio.gather(_dispatch(services, task), _cache(services, task))
+    with bound_task(task.id):  # before spawn and gather: their tasks copy the context
+        if len(services.publishes) < services.settings.publish_backlog:
+            services.publishes.spawn(
+                _dispatch(services, task, answered=True), what=f"publishing task {task.id}"
+            )
+            await _cache(services, task)
+        else:
+            # Independent of each other (the cache orders versions itself): one wait, not two.
+            await asyncio.gather(_dispatch(services, task), _cache(services, task))
     return task
 
 
@@ -191,7 +200,9 @@ async def _refusal(
     )
 
 
-async def _dispatch(services: Services, task: Task) -> None:
+async def _dispatch(services: Services, task: Task, *, answered: bool = False) -> None:
+    """Publish with a confirm, then push the outbox deadline out. `answered`: the caller has
+    its answer already, so this runs in the background and may wait for the deferral too."""
     try:
         with tracing.publishing(task.id):
             await services.queue.publish(task.id, headers=tracing.headers())
@@ -202,13 +213,18 @@ async def _dispatch(services: Services, task: Task) -> None:
             task.id,
             extra=task_fields(task.id),
         )
-    else:
-        # Not waited for: the deadline only spares the dispatcher a re-publish (a failure costs
-        # one redundant publish, logged), and nothing the caller gets back depends on it.
-        services.background.spawn(
-            services.store.defer_dispatch(task.id, seconds=services.settings.redispatch_seconds),
-            what=f"deferring the re-publish of task {task.id}",
-        )
+        return
+    # The deadline only spares the dispatcher a re-publish: a failure costs one redundant
+    # publish, logged, and nothing the caller gets back depends on it.
+    deferral = services.store.defer_dispatch(task.id, seconds=services.settings.redispatch_seconds)
+    what = f"deferring the re-publish of task {task.id}"
+    if not answered:
+        services.background.spawn(deferral, what=what)
+        return
+    try:
+        await deferral
+    except ServiceUnavailable as exc:
+        log.warning("%s failed: %s", what, exc, extra=task_fields(task.id))
 
 
 async def get_task(services: Services, caller: Principal, task_id: UUID) -> Task | None:

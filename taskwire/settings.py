@@ -30,6 +30,11 @@ class Settings:
     dispatch_grace_seconds: float = 10.0
     # A PENDING task whose publish was confirmed but that nobody claimed is republished after this.
     redispatch_seconds: float = 300.0
+    # createTask answers once the task is committed and cached; its publish and the broker's
+    # confirm follow in the background (the table is the outbox). Past this many publishes
+    # awaiting their confirm, createTask waits for its own: a slow broker slows the callers
+    # instead of growing the process's memory.
+    publish_backlog: int = 5000
     # How often an idle subscription re-reads the truth, in case an event went missing.
     watch_recheck_seconds: float = 30.0
     # Keep-alive on websockets: legacy graphql-ws `ka` messages and WebSocket ping frames.
@@ -183,6 +188,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "lease_seconds": _number(0.1),
     "dispatch_grace_seconds": _number(0.1),
     "redispatch_seconds": _number(0.1),
+    "publish_backlog": _number(1, integer=True),
     "watch_recheck_seconds": _number(0.1),
     "keepalive_seconds": _number(0.1),
     "max_attempts": _number(1, integer=True),

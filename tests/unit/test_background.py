@@ -68,3 +68,37 @@ async def test_close_waits_for_running_work_then_cancels_what_overruns() -> None
     assert finished.is_set()
     assert cancelled.is_set()
     assert len(background) == 0
+
+
+async def test_settle_waits_for_work_that_running_work_spawns() -> None:
+    background = Background()
+    done: list[str] = []
+
+    async def second() -> None:
+        await asyncio.sleep(0.01)
+        done.append("second")
+
+    async def first() -> None:
+        await asyncio.sleep(0.01)
+        background.spawn(second(), what="second")
+        done.append("first")
+
+    background.spawn(first(), what="first")
+
+    assert await background.settle(timeout=5) == set()
+    assert done == ["first", "second"]
+
+
+async def test_settle_returns_what_still_runs_without_cancelling_it() -> None:
+    background = Background()
+    release = asyncio.Event()
+
+    async def blocked() -> None:
+        await release.wait()
+
+    background.spawn(blocked(), what="blocked")
+
+    (still,) = await background.settle(timeout=0.05)
+    assert not still.cancelled()
+    release.set()
+    assert await background.settle(timeout=5) == set()

@@ -57,6 +57,7 @@ async def test_the_same_key_and_input_give_the_same_task(services: Services) -> 
     other = await create(services, "same", key="k-2")
     assert other["id"] != first["id"]
     assert isinstance(services.queue, MemoryTaskQueue)
+    assert await services.publishes.settle(timeout=5) == set()
     assert (await services.queue.depth())[0] == 2, "a repeated key publishes nothing"
 
 

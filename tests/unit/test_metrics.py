@@ -351,6 +351,7 @@ async def test_a_broker_that_fails_or_hangs_reads_as_down() -> None:
 
 async def test_the_memory_queue_reports_through_the_services(services: Services) -> None:
     await service.create_task(services, TESTER, "queued")
+    assert await services.publishes.settle(timeout=5) == set()  # it follows the answer
     families = {
         f.name: f
         for f in text_string_to_metric_families((await services.metrics.exposition()).decode())

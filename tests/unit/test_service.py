@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 from uuid import UUID
@@ -60,6 +60,10 @@ class DownCache:
 
 async def test_create_commits_publishes_and_caches(services: Services) -> None:
     task = await service.create_task(services, TESTER, "hello")
+    assert await services.store.get(task.id) == task
+    assert await services.cache.get(task.id) == task
+    # The publish finishes after the answer.
+    assert await services.publishes.settle(timeout=5) == set()
     assert isinstance(services.queue, MemoryTaskQueue)
     assert await services.queue.depth() == (1, 0)
     assert await services.cache.get(task.id) == task
@@ -98,6 +102,67 @@ async def test_a_confirmed_publish_is_not_dispatched_again(quick_dispatch: Servi
     assert await service.dispatch_due(quick_dispatch) == 0
 
 
+class GatedQueue(MemoryTaskQueue):
+    """A broker whose confirms wait until the test lets them through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def publish(
+        self,
+        task_id: UUID,
+        *,
+        delay_seconds: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.waiting += 1
+        await self.gate.wait()
+        await super().publish(task_id, delay_seconds=delay_seconds, headers=headers)
+
+
+async def poll(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_create_answers_before_the_confirm_and_the_publish_follows(
+    services: Services,
+) -> None:
+    queue = GatedQueue()
+    gated = dataclasses.replace(services, queue=queue)
+
+    task = await service.create_task(gated, TESTER, "confirm later")
+
+    assert await services.store.get(task.id) == task
+    assert await services.cache.get(task.id) == task
+    await poll(lambda: queue.waiting == 1)
+    assert await queue.depth() == (0, 0)
+    queue.gate.set()
+    assert await gated.publishes.settle(timeout=5) == set()
+    assert await queue.depth() == (1, 0)
+
+
+async def test_past_the_publish_backlog_create_waits_for_its_own_confirm(
+    services: Services,
+) -> None:
+    queue = GatedQueue()
+    gated = dataclasses.replace(
+        services, queue=queue, settings=dataclasses.replace(services.settings, publish_backlog=1)
+    )
+    await service.create_task(gated, TESTER, "in the backlog")
+
+    second = asyncio.create_task(service.create_task(gated, TESTER, "past the backlog"))
+    await poll(lambda: queue.waiting == 2)
+    assert not second.done(), "answered before its publish was confirmed"
+    queue.gate.set()
+    await asyncio.wait_for(second, timeout=5)
+    assert await gated.publishes.settle(timeout=5) == set()
+    assert await queue.depth() == (2, 0)
+
+
 class RefusedDeferrals:
     """A store whose deferral of the outbox deadline fails (the database went away just then)."""
 
@@ -115,6 +180,8 @@ async def test_a_refused_deferral_still_accepts_the_published_task(services: Ser
     flaky = dataclasses.replace(services, store=cast("TaskStore", RefusedDeferrals(services.store)))
 
     task = await service.create_task(flaky, TESTER, "deferral refused")
+    assert await flaky.publishes.settle(timeout=5) == set()
+    assert await flaky.background.settle(timeout=5) == set()
 
     assert await services.store.get(task.id) == task
     assert await services.cache.get(task.id) == task
