@@ -5,11 +5,12 @@ Prometheus and Grafana files against the names that exist."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import socket
-from collections.abc import AsyncGenerator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from graphql_api.app import create_app
 from graphql_api.auth import Authenticator
 from graphql_api.context import Context
 from graphql_api.schema import build_schema
 from taskwire import service
 from taskwire.bootstrap import Services
+from taskwire.db import migrate
 from taskwire.metrics import (
     ANONYMOUS,
     MAX_OPERATION_NAMES,
@@ -359,6 +362,43 @@ async def test_the_memory_queue_reports_through_the_services(services: Services)
     ready = [s for s in families["taskwire_queue_messages"].samples if s.labels["queue"] == "ready"]
     assert ready[0].value == 1
     assert families["taskwire_queue_stats_up"].samples[0].value == 1
+
+
+@asynccontextmanager
+async def _served(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan run, as uvicorn runs it, and a client whose requests carry the
+    lifespan's state."""
+    received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    state: dict[str, Any] = {}
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": state}
+    lifespan = asyncio.create_task(app(scope, received.get, sent.put))
+    await received.put({"type": "lifespan.startup"})
+    assert (await sent.get())["type"] == "lifespan.startup.complete"
+
+    async def with_state(scope: Any, receive: Any, send: Any) -> None:
+        scope["state"] = dict(state)
+        await app(scope, receive, send)
+
+    try:
+        transport = httpx.ASGITransport(app=with_state)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+    finally:
+        await received.put({"type": "lifespan.shutdown"})
+        assert (await sent.get())["type"] == "lifespan.shutdown.complete"
+        await lifespan
+
+
+@pytest.mark.parametrize(("enabled", "status"), [(True, 200), (False, 404)])
+async def test_metrics_enabled_false_takes_the_api_endpoint_away(
+    settings: Settings, enabled: bool, status: int
+) -> None:
+    await migrate(settings.database_url)
+    app = create_app(dataclasses.replace(settings, metrics_enabled=enabled, auth_mode="none"))
+    async with _served(app) as client:
+        assert (await client.get("/metrics")).status_code == status
+        assert (await client.get("/healthz")).status_code == 200
 
 
 # -- the processor's endpoint ----------------------------------------------------------------
