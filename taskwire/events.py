@@ -2,7 +2,8 @@
 by URL (the Redis adapter is in taskwire.redis_events).
 
 A subscription is a bounded inbox filled by whoever receives the snapshot: no task per
-subscriber.
+subscriber. Thousands of them sit idle for minutes, so an idle one holds as little as it can: no
+queue until an event arrives, and the inbox is its own context manager.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
 from uuid import UUID
 
 from taskwire.models import Task
@@ -29,12 +31,15 @@ class Inbox:
     __slots__ = ("_items", "_limit", "_waiter")
 
     def __init__(self, limit: int) -> None:
-        self._items: deque[Task | Resync] = deque()
+        # None while empty: a deque is a 64-slot block (over 600 bytes) even when empty.
+        self._items: deque[Task | Resync] | None = None
         self._limit = limit
         self._waiter: asyncio.Future[None] | None = None
 
     def put(self, event: Task | Resync) -> None:
         items = self._items
+        if items is None:
+            items = self._items = deque()
         if event is RESYNC or len(items) >= self._limit:
             # Snapshots are whole states, so one re-read replaces everything queued before it: a
             # slow reader costs a RESYNC, never unbounded memory or a blocked listener.
@@ -47,8 +52,7 @@ class Inbox:
 
     # The port's signature: a timeout is part of the answer (RESYNC), not a cancellation.
     async def get(self, timeout: float | None = None) -> Task | Resync:
-        items = self._items
-        if not items:
+        if not self._items:
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiter = waiter
@@ -59,9 +63,13 @@ class Inbox:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
-            if not items:
-                return RESYNC
-        return items.popleft()
+        items = self._items
+        if not items:
+            return RESYNC
+        event = items.popleft()
+        if not items:
+            self._items = None
+        return event
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -69,28 +77,53 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+class _MemorySubscription(Inbox):
+    """An inbox that is also the context manager `MemoryEventBus.subscribe` returns."""
+
+    __slots__ = ("_bus", "_task_id")
+
+    def __init__(self, bus: MemoryEventBus, task_id: UUID) -> None:
+        super().__init__(bus.queue_size)
+        self._bus = bus
+        self._task_id = task_id
+
+    async def __aenter__(self) -> Subscription:
+        self._bus.join(self._task_id, self)
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._bus.leave(self._task_id, self)
+
+
 class MemoryEventBus:
     """In-process fan-out, for `taskwire dev` (one process, so no transport)."""
 
     def __init__(self, *, queue_size: int = QUEUE_SIZE) -> None:
-        self._queue_size = queue_size
+        self.queue_size = queue_size
         self._inboxes: dict[UUID, set[Inbox]] = {}
 
     async def publish(self, task: Task) -> None:
         for inbox in self._inboxes.get(task.id, ()):
             inbox.put(task)
 
-    @asynccontextmanager
-    async def subscribe(self, task_id: UUID) -> AsyncIterator[Subscription]:
-        inbox = Inbox(self._queue_size)
-        inboxes = self._inboxes.setdefault(task_id, set())
-        inboxes.add(inbox)
-        try:
-            yield inbox
-        finally:
-            inboxes.discard(inbox)
-            if not inboxes and self._inboxes.get(task_id) is inboxes:
-                del self._inboxes[task_id]
+    def subscribe(self, task_id: UUID) -> AbstractAsyncContextManager[Subscription]:
+        return _MemorySubscription(self, task_id)
+
+    def join(self, task_id: UUID, inbox: Inbox) -> None:
+        self._inboxes.setdefault(task_id, set()).add(inbox)
+
+    def leave(self, task_id: UUID, inbox: Inbox) -> None:
+        inboxes = self._inboxes.get(task_id)
+        if inboxes is None:
+            return
+        inboxes.discard(inbox)
+        if not inboxes:
+            del self._inboxes[task_id]
 
     async def ping(self) -> None:
         return None

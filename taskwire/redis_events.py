@@ -8,8 +8,9 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import Any
 from uuid import UUID
 
@@ -64,6 +65,34 @@ class _Link:
         self.confirmed = 0
 
 
+class _RedisSubscription(Inbox):
+    """An inbox that is also the context manager `RedisEventBus.subscribe` returns (a class
+    rather than an @asynccontextmanager: no generator and wrapper held per subscription)."""
+
+    __slots__ = ("_bus", "_channel", "_name")
+
+    def __init__(self, bus: RedisEventBus, name: bytes) -> None:
+        super().__init__(bus.queue_size)
+        self._bus = bus
+        self._name = name
+        self._channel: _Channel | None = None
+
+    async def __aenter__(self) -> Subscription:
+        self._channel = await self._bus.join(self._name, self)
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Synchronous, so it also runs to the end when the subscriber is cancelled.
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            self._bus.leave(channel, self)
+
+
 class RedisEventBus:
     """Redis pub/sub fan-out: PUBLISH on a pooled client, one listener connection. Does no I/O
     before `start()`; `aclose()` closes everything (or use `open_events`)."""
@@ -99,7 +128,7 @@ class RedisEventBus:
             # subscribe timeout.
             socket_timeout=None,
         )
-        self._queue_size = queue_size
+        self.queue_size = queue_size
         self._subscribe_timeout = subscribe_timeout
         self._ping_interval = ping_interval
         self._channels: dict[bytes, _Channel] = {}
@@ -153,15 +182,8 @@ class RedisEventBus:
             raise ServiceUnavailable(f"Redis events: {exc}") from exc
         return [None] * len(tasks)
 
-    @asynccontextmanager
-    async def subscribe(self, task_id: UUID) -> AsyncIterator[Subscription]:
-        inbox = Inbox(self._queue_size)
-        channel = await self._join(self.channel(task_id), inbox)
-        try:
-            yield inbox
-        finally:
-            # Synchronous, so it also runs to the end when the subscriber is cancelled.
-            self._leave(channel, inbox)
+    def subscribe(self, task_id: UUID) -> AbstractAsyncContextManager[Subscription]:
+        return _RedisSubscription(self, self.channel(task_id))
 
     async def ping(self) -> None:
         try:
@@ -173,7 +195,7 @@ class RedisEventBus:
         except RedisError as exc:
             raise ServiceUnavailable(f"Redis events: {exc}") from exc
 
-    async def _join(self, name: bytes, inbox: Inbox) -> _Channel:
+    async def join(self, name: bytes, inbox: Inbox) -> _Channel:
         if self._closed:
             raise ServiceUnavailable("Redis events: the event bus is closed")
         try:
@@ -192,7 +214,7 @@ class RedisEventBus:
                     # Shielded: the entry's confirmation is shared with the other joiners.
                     await asyncio.shield(channel.ready)
                 except BaseException:
-                    self._leave(channel, inbox)
+                    self.leave(channel, inbox)
                     raise
         except TimeoutError:
             raise ServiceUnavailable("Redis events: the subscription was not confirmed") from None
@@ -201,7 +223,7 @@ class RedisEventBus:
     def _live(self, channel: _Channel) -> bool:
         return self._channels.get(channel.name) is channel
 
-    def _leave(self, channel: _Channel, inbox: Inbox) -> None:
+    def leave(self, channel: _Channel, inbox: Inbox) -> None:
         channel.inboxes.discard(inbox)
         if channel.inboxes or not self._live(channel):
             return
