@@ -1,6 +1,10 @@
 """Websocket frames and the socket they travel over, for both subprotocols' handlers
 (graphql_api.websocket): the checks a frame must pass, a socket that closes once with a reason
-that fits in a close frame, and the deadline that closes it when the token expires.
+that fits in a close frame, and the alarms that close it when the token expires or
+connection_init is late (the uvicorn protocol underneath is in graphql_api.protocol).
+
+Thousands of idle connections are the normal load, so what one holds while idle is kept small:
+timers rather than sleeping tasks, nothing of the last frame once it is handled.
 """
 
 from __future__ import annotations
@@ -9,11 +13,17 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from json import JSONDecodeError
 from typing import Any, cast
 
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.http.async_base_view import AsyncWebSocketAdapter
-from strawberry.http.exceptions import WebSocketDisconnected
+from strawberry.http.exceptions import (
+    NonJsonMessageReceived,
+    NonTextMessageReceived,
+    WebSocketDisconnected,
+)
 
 from taskwire.identity import Principal
 
@@ -22,6 +32,10 @@ log = logging.getLogger(__name__)
 # RFC 6455 leaves 123 bytes for a close reason; a longer one (an echoed client id or type)
 # makes the server's websocket library fail instead of closing.
 MAX_REASON_BYTES = 123
+# The names of the tasks that close a connection when its token expires or its
+# connection_init does not arrive in time (they exist only while closing it).
+EXPIRY = "taskwire.ws.token-expiry"
+INIT_TIMEOUT = "taskwire.ws.init-timeout"
 
 
 class ClosingSocket(AsyncWebSocketAdapter):
@@ -34,6 +48,8 @@ class ClosingSocket(AsyncWebSocketAdapter):
         self.closed = False
 
     def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
+        if isinstance(self._inner, ASGIWebSocketAdapter):
+            return _frames(self._inner, ignore_parsing_errors=ignore_parsing_errors)
         return self._inner.iter_json(ignore_parsing_errors=ignore_parsing_errors)
 
     async def send_json(self, message: Mapping[str, object]) -> None:
@@ -50,35 +66,93 @@ class ClosingSocket(AsyncWebSocketAdapter):
             log.debug("websocket gone before close %d", code)  # the peer left first
 
 
-class Deadline:
-    """Runs `on_expiry` once when the token that opened the connection expires."""
+async def _frames(
+    adapter: ASGIWebSocketAdapter, *, ignore_parsing_errors: bool
+) -> AsyncGenerator[object, None]:
+    """Strawberry's ASGIWebSocketAdapter.iter_json, except that no local holds on to the last
+    frame's text while the connection waits (for minutes, usually) for the next one."""
+    websocket = adapter.ws
+    decode = adapter.view.decode_json
+    try:
+        while websocket.application_state != WebSocketState.DISCONNECTED:
+            try:
+                yield decode(await websocket.receive_text())
+            except JSONDecodeError as exc:
+                if not ignore_parsing_errors:
+                    raise NonJsonMessageReceived from exc
+    except KeyError as exc:  # a binary frame has no "text"
+        raise NonTextMessageReceived from exc
+    except WebSocketDisconnect:
+        pass
+
+
+class Alarm:
+    """Runs `action` once, `delay` seconds after `set`, unless cancelled first.
+
+    A loop timer until it fires, and a task only while `action` runs: a task that sleeps out
+    the delay would hold a task, two coroutine frames and a future for every idle connection
+    (and, once cancelled, its CancelledError with the traceback and frames for as long as it
+    is referenced), where a timer holds one handle."""
+
+    __slots__ = ("_task", "_timer")
 
     def __init__(self) -> None:
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def arm(self, principal: Principal | None, on_expiry: Callable[[], Awaitable[None]]) -> None:
-        if self._task is not None or principal is None or principal.expires_at is None:
+    @property
+    def pending(self) -> bool:
+        """Set and neither cancelled nor finished."""
+        return self._timer is not None or (self._task is not None and not self._task.done())
+
+    def set(self, delay: float, action: Callable[[], Awaitable[None]], *, name: str) -> None:
+        """Arm it, unless it was armed before (an alarm goes off once)."""
+        if self._timer is not None or self._task is not None:
             return
-        self._task = asyncio.create_task(
-            self._expire_at(principal.expires_at, on_expiry), name="taskwire.ws.token-expiry"
-        )
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(delay, self._fire, action, name)
+
+    def disarm(self) -> None:
+        """Cancel without waiting: the timer, or the action if it is running."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
     async def cancel(self) -> None:
+        """Cancel and wait until the action (if it was running) has ended."""
+        self.disarm()
         task, self._task = self._task, None
         if task is None or task is asyncio.current_task():
             return
-        task.cancel()
         await asyncio.wait([task])
 
-    @staticmethod
-    async def _expire_at(expires_at: datetime, on_expiry: Callable[[], Awaitable[None]]) -> None:
+    def _fire(self, action: Callable[[], Awaitable[None]], name: str) -> None:
+        self._timer = None
+        self._task = asyncio.create_task(_run(action, name), name=name)
+
+
+async def _run(action: Callable[[], Awaitable[None]], name: str) -> None:
+    try:
+        await action()
+    except Exception:
+        log.exception("%s failed", name)
+
+
+class Deadline(Alarm):
+    """Runs `on_expiry` once when the token that opened the connection expires."""
+
+    __slots__ = ()
+
+    def arm(self, principal: Principal | None, on_expiry: Callable[[], Awaitable[None]]) -> None:
+        if principal is None or principal.expires_at is None:
+            return
+        expires_at = principal.expires_at
         if expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)
-        await asyncio.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()))
-        try:
-            await on_expiry()
-        except Exception:
-            log.exception("closing a websocket whose token expired failed")
+        delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds())
+        self.set(delay, on_expiry, name=EXPIRY)
 
 
 def fit_reason(reason: str) -> str:

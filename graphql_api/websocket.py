@@ -19,6 +19,8 @@ The frame checks, the socket that closes once and the token's deadline are in gr
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar, cast
 
@@ -40,6 +42,8 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 from strawberry.types.unset import UnsetType
 
 from graphql_api.frames import (
+    INIT_TIMEOUT,
+    Alarm,
     ClosingSocket,
     Deadline,
     legacy_message_problem,
@@ -86,9 +90,41 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[ContextT, RootValueT]):
             connection_init_wait_timeout,
             max_subscriptions_per_connection,
         )
+        self.init_timeout = Alarm()
         self.deadline = Deadline()
 
+    async def handle(self) -> None:
+        # Strawberry's loop, except that the last message is not held while waiting for the
+        # next one (on an idle connection, the subscribe message, for as long as it lasts).
+        self.on_request_accepted()
+        try:
+            try:
+                async for message in self.websocket.iter_json():
+                    await self.handle_message(cast("transport.Message", message))
+                    del message
+            except NonTextMessageReceived:
+                await self.handle_invalid_message("WebSocket message type must be text")
+            except NonJsonMessageReceived:
+                await self.handle_invalid_message("WebSocket message must be valid JSON")
+        except WebSocketDisconnected:
+            pass
+        finally:
+            await self.shutdown()
+
+    def on_request_accepted(self) -> None:
+        # Instead of Strawberry's task sleeping out the timeout (see Alarm): Strawberry keeps
+        # that task, cancelled by connection_init, for as long as the connection lasts.
+        seconds = self.connection_init_wait_timeout.total_seconds()
+        self.init_timeout.set(seconds, self.close_uninitialised, name=INIT_TIMEOUT)
+
+    async def close_uninitialised(self) -> None:
+        if self.connection_init_received:
+            return
+        self.connection_timed_out = True
+        await self.socket.close(4408, "Connection initialisation timeout")
+
     async def shutdown(self) -> None:
+        await self.init_timeout.cancel()
         await self.deadline.cancel()
         await super().shutdown()
 
@@ -102,7 +138,11 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[ContextT, RootValueT]):
         await super().handle_message(message)
 
     async def handle_connection_init(self, message: transport.ConnectionInitMessage) -> None:
+        if not self.connection_timed_out:
+            self.init_timeout.disarm()
         await super().handle_connection_init(message)
+        # on_ws_connect has read the token: the principal is what the connection keeps.
+        self.context.connection_params = {}
         if self.connection_acknowledged and not self.socket.closed:
             self.deadline.arm(self.context.principal, self.expire)
 
@@ -124,6 +164,7 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[ContextT, RootValueT]):
                 {"id": message["id"], "type": "error", "payload": [error.formatted]}
             )
             return
+        share_query(message["payload"])
         await super().handle_subscribe(message)
 
     async def expire(self) -> None:
@@ -161,15 +202,17 @@ class LegacyWsHandler(BaseGraphQLWSHandler[ContextT, RootValueT]):
         # Strawberry's legacy handler has no init timeout; the view's is the modern one's.
         self.connection_init_wait_timeout: timedelta = view.connection_init_wait_timeout
         self.connection_init_received = False
-        self.init_timeout_task: asyncio.Task[None] | None = None
+        self.init_timeout = Alarm()
         self.deadline = Deadline()
 
     async def handle(self) -> None:
-        self.init_timeout_task = asyncio.create_task(self.close_unless_initialised())
+        seconds = self.connection_init_wait_timeout.total_seconds()
+        self.init_timeout.set(seconds, self.close_uninitialised, name=INIT_TIMEOUT)
         try:
             try:
                 async for message in self.websocket.iter_json():
                     await self.handle_message(cast("legacy.OperationMessage", message))
+                    del message  # not held while waiting for the next one
             except NonTextMessageReceived:
                 await self.socket.close(4400, "WebSocket message type must be text")
             except NonJsonMessageReceived:
@@ -180,15 +223,14 @@ class LegacyWsHandler(BaseGraphQLWSHandler[ContextT, RootValueT]):
             await self.shutdown()
 
     async def shutdown(self) -> None:
+        await self.init_timeout.cancel()
         await self.deadline.cancel()
-        for task in (self.init_timeout_task, self.keep_alive_task):
-            if task is not None:
-                task.cancel()
-                await asyncio.wait([task])
+        if self.keep_alive_task is not None:
+            self.keep_alive_task.cancel()
+            await asyncio.wait([self.keep_alive_task])
         await self.cleanup()
 
-    async def close_unless_initialised(self) -> None:
-        await asyncio.sleep(self.connection_init_wait_timeout.total_seconds())
+    async def close_uninitialised(self) -> None:
         if not self.connection_init_received:
             await self.socket.close(4408, "Connection initialisation timeout")
 
@@ -212,8 +254,7 @@ class LegacyWsHandler(BaseGraphQLWSHandler[ContextT, RootValueT]):
             await self.handle_stop(cast("legacy.StopMessage", message))
 
     async def handle_connection_init(self, message: legacy.ConnectionInitMessage) -> None:
-        if self.init_timeout_task is not None:
-            self.init_timeout_task.cancel()
+        self.init_timeout.disarm()
         payload = message.get("payload")
         if payload is None:
             payload = {}
@@ -238,6 +279,8 @@ class LegacyWsHandler(BaseGraphQLWSHandler[ContextT, RootValueT]):
             await self.send_message({"type": "connection_ack"})
         else:
             await self.send_message({"type": "connection_ack", "payload": ack_payload})
+        # on_ws_connect has read the token: the principal is what the connection keeps.
+        self.context.connection_params = {}
         self.connection_acknowledged = True
         self.deadline.arm(self.context.principal, self.expire)
         if self.keep_alive:
@@ -262,12 +305,21 @@ class LegacyWsHandler(BaseGraphQLWSHandler[ContextT, RootValueT]):
                 {"type": "error", "id": operation_id, "payload": error.formatted}
             )
             return
+        share_query(message["payload"])
         await super().handle_start(message)
 
     async def expire(self) -> None:
         await self.socket.close(4403, TOKEN_EXPIRED)
         for task in list(self.tasks.values()):
             task.cancel()  # shutdown awaits them
+
+
+def share_query(payload: Mapping[str, Any]) -> None:
+    """Make the operation's query text the one copy every operation with the same text holds
+    (each keeps it for its whole life, and clients send the same few queries)."""
+    query = payload.get("query")
+    if isinstance(query, str):
+        cast("dict[str, Any]", payload)["query"] = sys.intern(query)
 
 
 def subscription_limit_error(limit: int) -> GraphQLError:

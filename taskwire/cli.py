@@ -211,6 +211,7 @@ def _serve(settings: Settings, host: str, port: int, *, embedded_processor: bool
     import uvicorn
 
     from graphql_api.app import create_app
+    from graphql_api.protocol import LeanWebSocketProtocol
     from processor.runner import run
 
     app = create_app(settings, background=[run] if embedded_processor else [])
@@ -221,6 +222,8 @@ def _serve(settings: Settings, host: str, port: int, *, embedded_processor: bool
         port=port,
         lifespan="on",
         ws_per_message_deflate=False,  # compression nearly doubles memory per subscription
+        # uvicorn's default websocket protocol, holding less per idle connection.
+        ws=LeanWebSocketProtocol,
         ws_ping_interval=settings.keepalive_seconds,
         ws_ping_timeout=max(20.0, settings.keepalive_seconds),
         # uvicorn's access log follows LOG_LEVEL: one line per request at INFO, none above it

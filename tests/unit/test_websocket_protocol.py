@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import strawberry
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,6 +31,7 @@ from websockets.typing import Subprotocol
 from graphql_api.frames import MAX_REASON_BYTES
 from graphql_api.websocket import TOO_MANY_SUBSCRIPTIONS, LegacyWsHandler, TransportWsHandler
 from taskwire.identity import Principal
+from tests.support.uvicorn_server import websocket_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -124,14 +123,6 @@ LEGACY = Dialect(GRAPHQL_WS_PROTOCOL, "start", "stop", "data")
 BOTH = [pytest.param(TRANSPORT, id="transport-ws"), pytest.param(LEGACY, id="legacy-ws")]
 
 
-class QuietServer(uvicorn.Server):
-    """uvicorn inside the test's event loop, leaving the test process's signals alone."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @dataclass
 class Served:
     url: str
@@ -144,21 +135,8 @@ async def serving(*, expires_in: float | None = None, **options: Any) -> AsyncIt
     app = Starlette(
         routes=[WebSocketRoute("/graphql", View(probe, expires_in=expires_in, **options))]
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = QuietServer(uvicorn.Config(app, lifespan="off", log_level="warning"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(WAIT):
-            while not server.started:
-                assert not task.done(), "uvicorn stopped before it started"
-                await asyncio.sleep(0.01)
-        yield Served(f"ws://127.0.0.1:{port}/graphql", probe)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, WAIT)
-        sock.close()
+    async with websocket_server(app) as url:
+        yield Served(f"{url}/graphql", probe)
 
 
 @contextlib.asynccontextmanager
@@ -362,23 +340,6 @@ async def test_a_token_expired_on_arrival_is_closed_right_after_the_ack(dialect:
         await initialise(ws)
         code, reason, _ = await closing(ws)
     assert (code, reason) == (4403, "Token expired")
-
-
-@pytest.mark.parametrize("dialect", BOTH)
-async def test_leaving_early_cancels_the_expiry_timer(dialect: Dialect) -> None:
-    async with serving(expires_in=3600) as served:
-        async with client(served, dialect) as ws:
-            await initialise(ws)
-            await send(ws, dialect.start("a"))
-            assert (await receive(ws))["type"] == dialect.data
-            assert expiry_timers() == 1
-        async with asyncio.timeout(WAIT):
-            while expiry_timers() or served.probe.running:
-                await asyncio.sleep(0.01)
-
-
-def expiry_timers() -> int:
-    return sum(task.get_name() == "taskwire.ws.token-expiry" for task in asyncio.all_tasks())
 
 
 async def test_legacy_keep_alives_keep_coming() -> None:
