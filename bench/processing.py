@@ -9,7 +9,9 @@ the tasks' own timestamps (started_at, finished_at, written by the processors), 
 Writes per task (read off taskwire.service and processor.handler): the processor does two
 database writes per task, the claim (PENDING -> PROCESSING) and the finish (-> COMPLETED),
 each one conditional UPDATE ... RETURNING. createTask's two (the INSERT, then the UPDATE that
-defers the outbox deadline once the publish is confirmed) happen before the window, so the
+defers the outbox deadline once the publish is confirmed) happen before the window: createTask
+answers before its publish is confirmed, so the processors start only once every deadline has
+been deferred (every message is in the queue and no deferral competes with the claims). The
 target is 50 % of the UPDATE baseline divided by 2. (Redis cache writes and events, and the
 AMQP ack, are not database writes.)
 """
@@ -66,6 +68,7 @@ async def _throughput(stack: Stack, seconds: float, name: str, *, processors: in
         await create_tasks(d, count)
         database = await asyncpg.connect(asyncpg_dsn(d.database_url))
         try:
+            await _wait_for_dispatch(database, count, timeout=60 + count / 100)
             pids = await d.add_processors(processors)
             cpu_before = sum(d.cpu_seconds(pid) for pid in pids)
             began = time.perf_counter()
@@ -98,6 +101,7 @@ async def _in_flight(stack: Stack, name: str, *, concurrency: int) -> Measuremen
         await create_tasks(d, IN_FLIGHT_TASKS)
         database = await asyncpg.connect(asyncpg_dsn(d.database_url))
         try:
+            await _wait_for_dispatch(database, IN_FLIGHT_TASKS, timeout=60)
             [pid] = await d.add_processors(1)
             peak = await _peak_processing(database, DELAY_SECONDS + 2)
             rows = await database.fetch(
@@ -116,6 +120,22 @@ async def _in_flight(stack: Stack, name: str, *, concurrency: int) -> Measuremen
         peak_rss_kib=peak_rss,
         extra={"in_flight": float(peak), "concurrency": float(concurrency)},
     )
+
+
+async def _wait_for_dispatch(database: asyncpg.Connection, count: int, *, timeout: float) -> None:
+    """Until all `count` tasks were published and confirmed: the API then pushes each one's
+    outbox deadline from the dispatch grace out to the re-dispatch interval."""
+    grace = Settings().dispatch_grace_seconds
+    query = (
+        "SELECT count(*) FROM tasks WHERE dispatch_after > created_at + make_interval(secs => $1)"
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            # The database is the truth being waited for; nothing signals it (ASYNC110).
+            while await database.fetchval(query, grace) < count:  # noqa: ASYNC110
+                await asyncio.sleep(POLL_SECONDS)
+    except TimeoutError:
+        raise RuntimeError(f"{count} tasks not all dispatched after {timeout:g} s") from None
 
 
 async def _wait_for_status(
