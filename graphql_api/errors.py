@@ -7,11 +7,8 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 from graphql import GraphQLError
-from strawberry.extensions import SchemaExtension
 
 from graphql_api.middleware import current_request_id
 from taskwire.errors import TaskwireError
@@ -97,20 +94,9 @@ def _masked(error: GraphQLError) -> GraphQLError:
     )
 
 
-class MaskUnexpectedErrors(SchemaExtension):
-    """Replaces unexpected errors in every result, streamed subscription results included.
+def mask_result(result: object) -> None:
+    """Replaces unexpected errors in a result, streamed subscription results included.
     (Strawberry's MaskErrors with no predicate would mask validation errors too.)"""
-
-    def on_operation(self) -> Iterator[None]:
-        yield
-        _mask_result(self.execution_context.result)
-
-    def on_stream_result(self, result: Any) -> Iterator[None]:
-        _mask_result(result)
-        yield None
-
-
-def _mask_result(result: object) -> None:
     errors = getattr(result, "errors", None)
     if errors:
         result.errors = [_masked(e) for e in errors]  # type: ignore[attr-defined]

@@ -6,16 +6,15 @@ Depth and aliases are our own validation rules rather than Strawberry's QueryDep
 MaxAliasesLimiter: those walk every path through the fragments, so a ~200-token document
 whose fragments each spread the next one eight times kept a core busy for 45 s, and a spread
 of an undefined fragment raised KeyError (an internal error instead of a validation error).
-These rules measure each fragment once. Both are built once per schema: a rule class made per
-request would be a new key for ValidationCache on every request, and it would never hit.
+These rules measure each fragment once. Both are built once per schema, as are the verdicts
+cached on them (graphql_api.operations).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from graphql import (
@@ -32,11 +31,10 @@ from graphql import (
 )
 from graphql.language.visitor import SKIP, VisitorAction
 from graphql.validation import NoSchemaIntrospectionCustomRule
-from strawberry.extensions import SchemaExtension
 from strawberry.types import ExecutionContext
 from strawberry.types.graphql import OperationType
 
-from taskwire.metrics import OK, Metrics
+from taskwire.metrics import Metrics
 from taskwire.settings import Settings
 
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
@@ -46,79 +44,26 @@ PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
 # lower, so GraphiQL keeps working where introspection is on, yet stays bounded there too.
 INTROSPECTION_MAX_DEPTH = 14
 
-Extension = type[SchemaExtension] | Callable[[], SchemaExtension]
 
-
-def limit_extensions(settings: Settings) -> list[Extension]:
-    """The schema extensions that enforce the settings' limits, in the order to use them.
-
-    Put them after MaskUnexpectedErrors and before ParserCache / ValidationCache (they work
-    in any order: the limits act in on_operation, before any parse or validation).
-    """
+def limit_rules(settings: Settings) -> tuple[type[ASTValidationRule], ...]:
+    """The validation rules that enforce the settings' depth, alias and introspection limits
+    (the token limit is a parse option: graphql_api.operations applies both)."""
     rules: list[type[ASTValidationRule]] = [
         depth_limit(settings.max_query_depth),
         alias_limit(settings.max_aliases),
     ]
     if not settings.introspection:
         rules.append(NoSchemaIntrospectionCustomRule)
-    return [
-        partial(
-            RequestLimits,
-            max_tokens=settings.max_query_tokens,
-            rules=tuple(rules),
-            hide_suggestions=not settings.introspection,
-        )
-    ]
+    return tuple(rules)
 
 
-class RequestLimits(SchemaExtension):
-    """All the limits in one extension. Strawberry builds every extension for every operation,
-    and a subscription keeps them (and their suspended hooks) for its whole life: one object
-    instead of four is memory saved on every idle subscription."""
-
-    def __init__(
-        self, *, max_tokens: int, rules: tuple[type[ASTValidationRule], ...], hide_suggestions: bool
-    ) -> None:
-        self.max_tokens = max_tokens
-        self.rules = rules
-        self.hide_suggestions = hide_suggestions
-
-    def on_operation(self) -> Iterator[None]:
-        context = self.execution_context
-        # ParserCache keys its cache on this option, so a cached parse is still limited.
-        context.parse_options["max_tokens"] = self.max_tokens
-        context.validation_rules = (*context.validation_rules, *self.rules)
-        # Metrics are counted here rather than in an extension of their own: every extension is
-        # one more object per operation (and per idle subscription).
-        started = time.perf_counter()
-        raised: str | None = None
-        try:
-            yield
-        except Exception as exc:  # e.g. a syntax error: the result is made after this hook
-            raised = _exception_code(exc)
-            raise
-        finally:
-            _count(context, started, raised or self.stream_outcome)
-        if self.hide_suggestions:
-            _hide_in(context.result)
-
-    # A streamed operation's outcome: its first error's code, if any.
-    stream_outcome: str = OK
-
-    def on_stream_result(self, result: Any) -> Iterator[None]:
-        if self.stream_outcome == OK and getattr(result, "errors", None):
-            self.stream_outcome = _error_code(result.errors)
-        if self.hide_suggestions:
-            _hide_in(result)
-        yield None
-
-
-def _count(context: ExecutionContext, started: float, stream_outcome: str) -> None:
+def count_operation(context: ExecutionContext, started: float, stream_outcome: str) -> None:
+    """One operation in the metrics, by name and outcome, with its latency unless it streamed."""
     metrics = getattr(getattr(context.context, "services", None), "metrics", None)
     if not isinstance(metrics, Metrics):  # executed without the app (tests, scripts)
         return
     errors = getattr(context.result, "errors", None)
-    outcome = _error_code(errors) if errors else stream_outcome
+    outcome = error_code(errors) if errors else stream_outcome
     try:
         subscription = (
             context.graphql_document is not None
@@ -130,15 +75,15 @@ def _count(context: ExecutionContext, started: float, stream_outcome: str) -> No
     metrics.operation(context.operation_name, outcome, seconds)
 
 
-def _exception_code(exc: Exception) -> str:
+def exception_code(exc: Exception) -> str:
     if isinstance(exc, GraphQLSyntaxError):
         return PARSE_FAILED
     if isinstance(exc, GraphQLError):
-        return _error_code([exc])
+        return error_code([exc])
     return "error"
 
 
-def _error_code(errors: list[GraphQLError]) -> str:
+def error_code(errors: list[GraphQLError]) -> str:
     code = (errors[0].extensions or {}).get("code")
     return code if isinstance(code, str) else "error"
 
@@ -299,10 +244,10 @@ def hide_suggestions(message: str) -> str:
     return _SUGGESTION.sub("", message)
 
 
-def _hide_in(result: object) -> None:
+def hide_in(result: object) -> None:
     # "Did you mean ...?" goes from every error (validation and variable coercion alike): with
     # introspection off those hints would still spell out field, type and argument names.
-    # Results get new error objects: validation errors may be ValidationCache's.
+    # Results get new error objects rather than edited ones.
     errors: list[GraphQLError] | None = getattr(result, "errors", None)
     if errors:
         result.errors = [_without_suggestions(e) for e in errors]  # type: ignore[attr-defined]

@@ -8,14 +8,13 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from starlette.responses import Response
-from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from graphql_api.context import Info
-from graphql_api.errors import MaskUnexpectedErrors, classify
-from graphql_api.limits import limit_extensions
+from graphql_api.errors import classify
+from graphql_api.operations import operation_extension
 from graphql_api.types import CreateTaskInput, QueueStatsType, TaskType
 from taskwire import service, stats
 from taskwire.errors import RateLimited
@@ -159,16 +158,10 @@ class TaskwireSchema(strawberry.Schema):
 
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
-    """The schema, with the request limits of `settings` (none when only printing the SDL)."""
-    limits = limit_extensions(settings) if settings is not None else []
+    """The schema, with the request limits of `settings` (the defaults when none are given)."""
     return TaskwireSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        extensions=[
-            MaskUnexpectedErrors,
-            *limits,
-            lambda: ParserCache(maxsize=1024),
-            lambda: ValidationCache(maxsize=1024),
-        ],
+        extensions=[operation_extension(settings if settings is not None else Settings())],
     )

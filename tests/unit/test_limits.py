@@ -4,18 +4,17 @@ error masking first, then the limits, then the parser and validation caches."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable
-from typing import Any, Protocol, cast
+from collections.abc import AsyncGenerator
+from typing import Any
 
 import pytest
 import strawberry
 from graphql import GraphQLError, get_introspection_query
-from strawberry.extensions import ParserCache, SchemaExtension, ValidationCache
-from strawberry.extensions.validation_cache import _get_validate_cache
 from strawberry.types import ExecutionContext, ExecutionResult
 
-from graphql_api.errors import MaskUnexpectedErrors, classify
-from graphql_api.limits import INTROSPECTION_MAX_DEPTH, hide_suggestions, limit_extensions
+from graphql_api.errors import classify
+from graphql_api.limits import INTROSPECTION_MAX_DEPTH, hide_suggestions
+from graphql_api.operations import operation_extension
 from taskwire.settings import Settings
 
 
@@ -62,21 +61,12 @@ class ClassifyingSchema(strawberry.Schema):
         classify(errors)
 
 
-Extension = type[SchemaExtension] | Callable[[], SchemaExtension]
-CACHES: list[Extension] = [
-    lambda: ParserCache(maxsize=1024),
-    lambda: ValidationCache(maxsize=1024),
-]
-
-
-def make_schema(*, limits_first: bool = True, **overrides: Any) -> strawberry.Schema:
-    limits = limit_extensions(Settings(**overrides))
-    middle = [*limits, *CACHES] if limits_first else [*CACHES, *limits]
+def make_schema(**overrides: Any) -> strawberry.Schema:
     return ClassifyingSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        extensions=[MaskUnexpectedErrors, *middle],
+        extensions=[operation_extension(Settings(**overrides))],
     )
 
 
@@ -293,13 +283,12 @@ async def test_suggestions_are_hidden_in_subscriptions_too() -> None:
         assert ("Did you mean 'status'?" in message) is shown
 
 
-@pytest.mark.parametrize("limits_first", [True, False])
-async def test_the_token_limit_holds_on_a_cached_parse(limits_first: bool) -> None:
-    # ParserCache's cache is shared by every schema (keyed by maxsize): a document parsed and
-    # cached by a schema with a higher limit must still be refused by one with a lower limit.
+async def test_the_token_limit_holds_on_a_cached_parse() -> None:
+    # A document parsed and cached by a schema with a higher limit must still be refused by
+    # one with a lower limit.
     query = tokens(400)
-    lenient = make_schema(limits_first=limits_first, max_query_tokens=10_000)
-    strict = make_schema(limits_first=limits_first, max_query_tokens=100)
+    lenient = make_schema(max_query_tokens=10_000)
+    strict = make_schema(max_query_tokens=100)
     for _ in range(2):
         assert (await execute(lenient, query)).errors is None
         message, code = refusal(await execute(strict, query))
@@ -307,12 +296,11 @@ async def test_the_token_limit_holds_on_a_cached_parse(limits_first: bool) -> No
         assert "more than 100 tokens" in message
 
 
-@pytest.mark.parametrize("limits_first", [True, False])
-async def test_the_validation_limits_hold_on_a_cached_validation(limits_first: bool) -> None:
-    # ValidationCache keys on the rules: a schema with other limits must not reuse a verdict.
+async def test_the_validation_limits_hold_on_a_cached_validation() -> None:
+    # A schema with other limits must not reuse a verdict.
     query = nested(5)
-    lenient = make_schema(limits_first=limits_first)
-    strict = make_schema(limits_first=limits_first, max_query_depth=3)
+    lenient = make_schema()
+    strict = make_schema(max_query_depth=3)
     for _ in range(2):
         assert (await execute(lenient, query)).errors is None
         assert refusal(await execute(strict, query))[0] == "Query is too deep (max 3)."
@@ -339,29 +327,3 @@ async def test_the_validation_limits_hold_on_a_cached_validation(limits_first: b
 )
 def test_hide_suggestions(message: str, expected: str) -> None:
     assert hide_suggestions(message) == expected
-
-
-def test_all_limits_are_one_extension() -> None:
-    # Every extension is built per operation and kept by a subscription for its whole life.
-    assert len(limit_extensions(Settings(introspection=True))) == 1
-    assert len(limit_extensions(Settings(introspection=False))) == 1
-
-
-class Stats(Protocol):
-    hits: int
-
-
-class Cached(Protocol):
-    def cache_info(self) -> Stats: ...
-
-
-async def test_the_validation_cache_still_hits_with_the_limits_on() -> None:
-    # The limits' rule classes are built once per schema: made per request they would be a new
-    # cache key every time, and the cache (3.7-7x on this machine) would never hit.
-    cache = cast("Cached", _get_validate_cache(1024))
-    query = nested(3) + " # a text of its own"
-    await execute(CLOSED, query)
-    hits = cache.cache_info().hits
-    for _ in range(3):
-        assert (await execute(CLOSED, query)).errors is None
-    assert cache.cache_info().hits == hits + 3

@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.types import ExecutionContext
 
-from graphql_api.errors import MaskUnexpectedErrors, classify
+from graphql_api.errors import classify
 from graphql_api.middleware import (
     BodyLimit,
     RequestId,
@@ -30,6 +30,8 @@ from graphql_api.middleware import (
     cors,
     current_request_id,
 )
+from graphql_api.operations import operation_extension
+from taskwire.settings import Settings
 
 UUID_HEX = re.compile(r"[0-9a-f]{32}")
 ALLOWED = ("https://app.example.com", "http://localhost:5173")
@@ -192,11 +194,17 @@ class ClassifyingSchema(strawberry.Schema):
         classify(errors)
 
 
+def masking_schema() -> strawberry.Schema:
+    return ClassifyingSchema(query=Query, extensions=[operation_extension(Settings())])
+
+
 GRAPHQL_APP = Starlette(
     routes=[
         Route(
             "/graphql",
-            GraphQL[None, None](ClassifyingSchema(query=Query, extensions=[MaskUnexpectedErrors])),
+            GraphQL[None, None](
+                ClassifyingSchema(query=Query, extensions=[operation_extension(Settings())])
+            ),
             methods=["POST"],
         )
     ]
@@ -229,9 +237,9 @@ async def test_a_masked_error_outside_a_request_still_matches_its_log_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, logger="graphql_api.errors")
-    result = await ClassifyingSchema(query=Query, extensions=[MaskUnexpectedErrors]).execute(
-        "{ boom }"
-    )
+    result = await ClassifyingSchema(
+        query=Query, extensions=[operation_extension(Settings())]
+    ).execute("{ boom }")
     assert result.errors is not None
     request_id = (result.errors[0].extensions or {})["requestId"]
     assert UUID_HEX.fullmatch(request_id)
