@@ -19,10 +19,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from taskwire.logs import REQUEST_ID
+from taskwire.logs import REQUEST_ID, accepted_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
-_ACCEPTED_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DIGITS = re.compile(r"[0-9]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -36,13 +35,6 @@ _request_id = REQUEST_ID
 def current_request_id() -> str | None:
     """The id of the HTTP request or websocket being served, None outside of one."""
     return _request_id.get()
-
-
-def accepted_request_id(value: str | None) -> str | None:
-    """A client's X-Request-ID when it is safe to log and echo: 1-64 of [A-Za-z0-9._-]."""
-    if value is not None and _ACCEPTED_ID.fullmatch(value):
-        return value
-    return None
 
 
 class RequestId:

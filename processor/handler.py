@@ -12,7 +12,7 @@ from processor.work import reverse_text
 from taskwire import service, tracing
 from taskwire.bootstrap import Services
 from taskwire.errors import ServiceUnavailable
-from taskwire.logs import bound_task, log_transition
+from taskwire.logs import REQUEST_ID, bound_task, log_transition
 from taskwire.models import Task, TaskStatus
 from taskwire.ports import Delivery
 from taskwire.queue import decode_task_id
@@ -32,10 +32,17 @@ async def handle(services: Services, delivery: Delivery, *, worker: str) -> None
         services.metrics.dead_lettered["malformed"].inc()
         await delivery.dead_letter()
         return
-    # Every line logged while handling it names the task, and its spans continue the trace
-    # its publisher started.
-    with bound_task(task_id), tracing.consuming(delivery, task_id):
-        await _settle(services, delivery, task_id, worker=worker)
+    # Every line logged while handling it names the task and the request that queued it (when
+    # its headers name an acceptable one), and its spans continue the trace its publisher
+    # started.
+    request_id = tracing.delivered_request_id(delivery)
+    token = REQUEST_ID.set(request_id) if request_id is not None else None
+    try:
+        with bound_task(task_id), tracing.consuming(delivery, task_id):
+            await _settle(services, delivery, task_id, worker=worker)
+    finally:
+        if token is not None:
+            REQUEST_ID.reset(token)
 
 
 async def _settle(services: Services, delivery: Delivery, task_id: UUID, *, worker: str) -> None:

@@ -32,6 +32,19 @@ LOG_FORMATS = ("json", "text", "auto")
 # current code works on. ContextVars: each request and each delivery runs in its own context,
 # and asyncio tasks started inside it inherit it.
 REQUEST_ID: ContextVar[str | None] = ContextVar("taskwire_request_id", default=None)
+# The request ids taken from outside (a client's X-Request-ID, a message's x-request-id): short
+# and plain, so one can never forge or break a log line.
+_ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def accepted_request_id(value: str | None) -> str | None:
+    """`value` when it is a request id safe to log and echo (1-64 of [A-Za-z0-9._-]), else
+    None."""
+    if value is not None and _ACCEPTED_REQUEST_ID.fullmatch(value):
+        return value
+    return None
+
+
 TASK_ID: ContextVar[str | None] = ContextVar("taskwire_task_id", default=None)
 
 # The fields the filter puts on every record; "-" (text) or absent (JSON) when unknown.

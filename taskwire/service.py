@@ -22,7 +22,7 @@ from taskwire.errors import (
     ServiceUnavailable,
 )
 from taskwire.identity import Principal
-from taskwire.logs import bound_task, log_transition, task_fields
+from taskwire.logs import REQUEST_ID, bound_task, log_transition, task_fields
 from taskwire.models import Task, TaskStatus, backoff_seconds
 from taskwire.ports import RESYNC, Resync
 from taskwire.settings import Settings
@@ -205,7 +205,9 @@ async def _dispatch(services: Services, task: Task, *, answered: bool = False) -
     its answer already, so this runs in the background and may wait for the deferral too."""
     try:
         with tracing.publishing(task.id):
-            await services.queue.publish(task.id, headers=tracing.headers())
+            # The request's id travels with the message: the processor's lines name it too.
+            headers = tracing.headers(request_id=REQUEST_ID.get())
+            await services.queue.publish(task.id, headers=headers)
     except ServiceUnavailable:
         services.metrics.queue_publish_failures.inc()
         log.warning(
@@ -356,7 +358,9 @@ async def fail_attempt(services: Services, claimed: Task, error: str) -> Task | 
     await announce(services, task)
     try:
         with tracing.publishing(task.id):
-            await services.queue.publish(task.id, delay_seconds=delay, headers=tracing.headers())
+            # The retry keeps naming the request that queued the task (the handler set it).
+            headers = tracing.headers(request_id=REQUEST_ID.get())
+            await services.queue.publish(task.id, delay_seconds=delay, headers=headers)
     except ServiceUnavailable:
         services.metrics.queue_publish_failures.inc()
         log.warning(

@@ -10,6 +10,10 @@ The dispatcher's re-publish starts a new trace (new_trace=True): it runs outside
 and the context of the task's first trace is not stored with the task (that would take a
 column for a backstop path). Its spans and log lines carry the task id, which joins the two.
 
+Beside the trace context, the message headers carry the id of the request that queued the task
+(x-request-id, tracing on or off), so the processor's log lines name the same request id as the
+API's; the dispatcher's re-publish runs outside any request and carries none.
+
 Configuration is OpenTelemetry's own: OTEL_SDK_DISABLED, OTEL_TRACES_EXPORTER (otlp, console,
 none), OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT (OTLP over HTTP/protobuf), OTEL_SERVICE_NAME,
 OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_BSP_*, OTEL_PROPAGATORS. The provider is
@@ -33,6 +37,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from taskwire.errors import SettingsError
+from taskwire.logs import accepted_request_id
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
@@ -45,6 +50,10 @@ EXPORTERS = ("otlp", "console", "none")
 # The OTLP exporter installed is the HTTP/protobuf one.
 OTLP_PROTOCOLS = ("http/protobuf",)
 _TRUE = ("1", "true", "yes", "on")
+
+# The message header naming the request that queued a task. Only an id the API would accept
+# from a client is taken from it: a foreign or corrupted header never reaches a log line.
+REQUEST_ID_HEADER = "x-request-id"
 
 # The tracer of this process's spans; None (the default) is tracing off.
 _TRACER: ContextVar[trace.Tracer | None] = ContextVar("taskwire_tracer", default=None)
@@ -202,16 +211,25 @@ def publishing(task_id: UUID, *, new_trace: bool = False) -> SpanScope:
     return span("taskwire.publish", task_id=task_id, kind=SpanKind.PRODUCER, new_trace=new_trace)
 
 
-def headers() -> dict[str, str] | None:
-    """The current trace context as message headers (traceparent, tracestate), None when
-    tracing is off."""
+def headers(*, request_id: str | None = None) -> dict[str, str] | None:
+    """The current trace context as message headers (traceparent, tracestate), and
+    `request_id` as x-request-id; None when there is neither (tracing off, no request)."""
     if _TRACER.get() is None:
-        return None
+        # The common case (no tracing, and no request for a processor's retry): no dict.
+        return {REQUEST_ID_HEADER: request_id} if request_id is not None else None
     from opentelemetry import propagate  # loads the propagators: only once tracing is on
 
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
+    if request_id is not None:
+        carrier[REQUEST_ID_HEADER] = request_id
     return carrier or None
+
+
+def delivered_request_id(delivery: Delivery) -> str | None:
+    """The id of the request that queued the delivered task, None when its headers name none
+    (a dispatcher re-publish) or name one that is not acceptable."""
+    return accepted_request_id(delivery.headers.get(REQUEST_ID_HEADER))
 
 
 def consuming(delivery: Delivery, task_id: UUID) -> SpanScope:

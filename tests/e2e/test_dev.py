@@ -1,10 +1,13 @@
-"""`taskwire dev`, the README's run command, passes the same lifecycle with no servers at all."""
+"""`taskwire dev`, the README's run command, passes the same lifecycle with no servers at all,
+and serves the task console at `/`."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.test_lifecycle import assert_lifecycle
@@ -49,3 +52,25 @@ async def test_dev_mode_runs_the_whole_lifecycle(
     assert_lifecycle(created, seen, text)
     late = await follow(f"ws://127.0.0.1:{port}/graphql", created["id"], subprotocol, timeout=5)
     assert [t["status"] for t in late] == ["COMPLETED"]
+
+
+async def test_dev_mode_serves_the_console(dev_server: tuple[TaskwireProcess, int]) -> None:
+    process, port = dev_server
+    base = f"http://127.0.0.1:{port}"
+    await wait_until_ready(base, process)
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        page = await http.get("/")
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy, policy
+        assert "<title>Taskwire console</title>" in page.text
+        # Whatever the page names, not a path this test assumes.
+        scripts = re.findall(r'<script[^>]*\ssrc="([^"]+)"', page.text)
+        assert scripts, "the console page references its script"
+        for src in scripts:
+            script = await http.get(src)
+            assert script.status_code == 200, src
+            assert "javascript" in script.headers["content-type"], script.headers
+            assert script.headers["content-security-policy"] == policy
+            assert script.text.strip(), f"{src} is empty"

@@ -1,6 +1,7 @@
 """One trace follows a task across processes: the API's createTask span, the context in the
 RabbitMQ message headers, the processor's spans, and every log line about the task in both
-processes carrying the same trace id.
+processes carrying the same trace id and the request id of the createTask that queued it;
+and no token sent to the API, over HTTP or a websocket, valid or not, reaching either log.
 
 The deployment logs JSON lines (LOG_FORMAT=json) and exports spans with the console exporter,
 one JSON object per line on stdout, which the test harness writes into the same log file."""
@@ -16,10 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
+from taskwire.settings import Settings
+from taskwire.tokens import mint_token
 from tests.e2e.conftest import Deployment
-from tests.support.auth import bearer
-from tests.support.client import SUBPROTOCOLS, follow
+from tests.support.auth import TEST_SUBJECT, bearer, token_for
+from tests.support.client import GRAPHQL_TRANSPORT_WS, SUBPROTOCOLS, follow
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -136,6 +142,9 @@ async def test_a_task_is_one_trace_across_the_api_and_the_processor(api: Deploym
         assert line.get("trace_id") == expected, line
     [created] = [r for r in api_lines if r.get("event") == "created"]
     assert created["request_id"] == request_id
+    # The request id travelled in the message headers: the processor's lines name it too.
+    for line in worker_lines:
+        assert line.get("request_id") == created["request_id"], line
     assert (created["from"], created["to"], created["version"]) == (None, "PENDING", 1)
     [completed] = [r for r in worker_lines if r.get("event") == "completed"]
     assert (completed["from"], completed["to"], completed["attempt"]) == (
@@ -147,3 +156,50 @@ async def test_a_task_is_one_trace_across_the_api_and_the_processor(api: Deploym
     assert any(
         r.get("request_id") == request_id and "task_id" not in r for r in log_records(api_log)
     )
+
+
+async def test_the_tokens_sent_stay_out_of_the_logs(api: Deployment) -> None:
+    token = token_for()
+    # Signed with another secret: refused, and a refusal is where a token is tempting to log.
+    forged = mint_token(
+        Settings(jwt_secret="not-the-deployment-secret-0123456789abcdef"),
+        TEST_SUBJECT,
+        ttl_seconds=600,
+    )
+    query = {"query": CREATE, "variables": {"input": "keep it secret"}}
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            api.http_url, json=query, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 200, response.text
+        refused = await http.post(
+            api.http_url, json=query, headers={"Authorization": f"Bearer {forged}"}
+        )
+        assert refused.status_code == 401, refused.text
+    task_id = response.json()["data"]["createTask"]["id"]
+    # The valid token again in a websocket's connection_init, until the task is done...
+    seen = await follow(api.ws_url, task_id, GRAPHQL_TRANSPORT_WS, token=token)
+    assert seen[-1]["status"] == "COMPLETED"
+    # ...and the forged one, which closes the connection.
+    async with connect(
+        api.ws_url, subprotocols=[Subprotocol(GRAPHQL_TRANSPORT_WS)], open_timeout=5
+    ) as ws:
+        init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {forged}"}}
+        await ws.send(json.dumps(init))
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(10):
+                await ws.recv()
+    assert ws.close_code == 4403
+
+    [processor] = api.processors
+    # The processor's lines about the task are written by the time its span ends (after the
+    # ack); the API's before it answered or closed.
+    await wait_for_spans(processor.log_path, task_id, {"taskwire.process"})
+    for path in (api.api.log_path, processor.log_path):
+        text = path.read_text(errors="replace")
+        for sent in (token, forged):
+            assert sent not in text, f"a token sent to the API is in {path.name}"
+            # The signature alone is the secret part: not even it (a redaction that missed).
+            assert sent.rsplit(".", 1)[1] not in text, f"a token's signature is in {path.name}"
+    # The log holds the requests at all: the check above looked where they would be.
+    assert task_id in api.api.log_path.read_text(errors="replace")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 import processor.handler
-from taskwire import service
+from taskwire import service, tracing
 from taskwire.bootstrap import Services
+from taskwire.logs import REQUEST_ID, ContextFilter
 from taskwire.models import Task, TaskStatus
 from taskwire.queue import MemoryTaskQueue, decode_task_id, encode_task_id
 from tests.support.auth import TESTER
@@ -98,3 +102,98 @@ async def test_a_work_failure_is_retried_then_failed_with_its_error(
 def test_the_codec_round_trips() -> None:
     task_id = uuid4()
     assert decode_task_id(encode_task_id(task_id)) == task_id
+
+
+# --- the request id travels from createTask to the processor's log lines, in the headers.
+
+GOOD_REQUEST_IDS = ["req-1", "a", "A.b_c-9", "f" * 64]
+BAD_REQUEST_IDS = ["", "has space", "f" * 65, "line\nbreak", "tab\t", "ünï", "<script>", "a/b"]
+
+
+@pytest.fixture
+def context_records(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """caplog whose records carry the context fields, as the configured handler's do."""
+    caplog.set_level(logging.INFO)
+    caplog.handler.addFilter(ContextFilter())
+    return caplog
+
+
+def lines_about(caplog: pytest.LogCaptureFixture, task_id: UUID) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "task_id", None) == str(task_id)]
+
+
+def event_of(record: logging.LogRecord) -> Any:
+    fields: dict[str, Any] = getattr(record, "fields", None) or {}
+    return fields.get("event")
+
+
+async def until_logged(caplog: pytest.LogCaptureFixture, task_id: UUID, text: str) -> None:
+    async with asyncio.timeout(5):
+        while not any(text in r.getMessage() for r in lines_about(caplog, task_id)):
+            await asyncio.sleep(0.01)
+
+
+def test_the_headers_carry_the_request_id_with_or_without_tracing() -> None:
+    assert tracing.headers() is None, "no request, no tracing: nothing to send"
+    assert tracing.headers(request_id="req-1") == {tracing.REQUEST_ID_HEADER: "req-1"}
+    with tracing.tracing_with(TracerProvider()), tracing.publishing(uuid4()):
+        sent = tracing.headers(request_id="req-1")
+        assert sent is not None
+        assert sent[tracing.REQUEST_ID_HEADER] == "req-1"
+        assert sent["traceparent"].startswith("00-"), "beside the trace context"
+        assert tracing.REQUEST_ID_HEADER not in (tracing.headers() or {})
+
+
+async def test_the_processor_lines_carry_the_request_id_of_the_create(
+    services: Services, context_records: pytest.LogCaptureFixture
+) -> None:
+    token = REQUEST_ID.set("create-req-7")
+    try:
+        task = await service.create_task(services, TESTER, "traced")
+    finally:
+        REQUEST_ID.reset(token)
+    untraced = await service.create_task(services, TESTER, "no request")
+    await until_status(services, task.id, TaskStatus.COMPLETED)
+    await until_status(services, untraced.id, TaskStatus.COMPLETED)
+    # The processor runs in its own task, started before the request id was set: the only
+    # way the id reaches its lines is the message's headers.
+    events = {event_of(r): r for r in lines_about(context_records, task.id)}
+    assert {"created", "claimed", "completed"} <= events.keys()
+    for event in ("created", "claimed", "completed"):
+        assert getattr(events[event], "request_id", None) == "create-req-7", event
+    assert all(
+        getattr(r, "request_id", None) is None for r in lines_about(context_records, untraced.id)
+    )
+    assert REQUEST_ID.get() is None
+
+
+async def test_a_retried_attempt_keeps_the_request_id(
+    services: Services, context_records: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(text: str, *, delay_seconds: float, poison_marker: str = "") -> str:
+        raise ValueError("no")
+
+    monkeypatch.setattr(processor.handler, "reverse_text", broken)
+    token = REQUEST_ID.set("create-req-8")
+    try:
+        task = await service.create_task(services, TESTER, "retried")
+    finally:
+        REQUEST_ID.reset(token)
+    await until_status(services, task.id, TaskStatus.FAILED)
+    claims = [r for r in lines_about(context_records, task.id) if event_of(r) == "claimed"]
+    # Attempts after the first arrive by the retry's own publish, not the create's.
+    assert len(claims) == services.settings.max_attempts > 1
+    assert {getattr(r, "request_id", None) for r in claims} == {"create-req-8"}
+
+
+@pytest.mark.parametrize("value", GOOD_REQUEST_IDS + BAD_REQUEST_IDS)
+async def test_a_delivered_request_id_is_used_only_when_acceptable(
+    services: Services, context_records: pytest.LogCaptureFixture, value: str
+) -> None:
+    unknown = uuid4()  # not claimable: the handler logs one line about it and settles it
+    await services.queue.publish(unknown, headers={tracing.REQUEST_ID_HEADER: value})
+    await until_logged(context_records, unknown, "not claimable")
+    [line] = lines_about(context_records, unknown)
+    expected = value if value in GOOD_REQUEST_IDS else None
+    assert getattr(line, "request_id", None) == expected
+    await until_settled(memory_queue(services), "ack", 1)
