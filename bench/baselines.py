@@ -1,12 +1,23 @@
 """The baselines: what Taskwire's own parts do on this machine, measured in the same run and
-at the same concurrency as the scenarios that are compared with them."""
+at the same concurrency as the scenarios that are compared with them.
+
+The HTTP scenarios (create, read) also measure a floor of their own, paired with them: on
+their own deployment, right before and right after their measurement (bracketed_by_floor).
+The standalone floor is measured minutes away from them, and on this shared machine the
+conditions drift in between; the paired floor sees the conditions the scenario saw.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+import asyncpg
+
+from bench.backend_load import asyncpg_dsn
 from bench.http_load import (
     CONCURRENCY,
     FLOOR,
@@ -19,6 +30,7 @@ from bench.model import Measurement
 from bench.registry import Scenario
 from bench.stack import Deployment, Stack
 from taskwire.bootstrap import connect
+from taskwire.settings import Settings
 
 GRAPHQL_FLOOR = "baseline:graphql-floor"
 ASYNCPG_INSERT = "baseline:asyncpg-insert"
@@ -105,3 +117,120 @@ def baseline_scenario(names: Iterable[str] = ALL) -> Scenario:
 
 
 SCENARIO = baseline_scenario()
+
+
+# The paired floor.
+
+# Each of the two floors measures half the scenario's seconds: together they sample as long as
+# the scenario does (the floor's throughput is steady enough for that), and a scenario's run
+# takes twice its seconds rather than three times.
+FLOOR_SHARE_OF_SECONDS = 0.5
+# Keys in the paired scenario's extra: its run's floor (ops/s) and its ratio to it.
+FLOOR_OPS = "floor_ops_s"
+FLOOR_RATIO = "floor_ratio"
+PUBLISH_WAIT_SECONDS = 120.0
+PUBLISH_POLL_SECONDS = 0.1
+
+
+def floor_name(name: str) -> str:
+    """The name of the floor paired with measurement `name`: "create" -> "create:floor"."""
+    return f"{name}:floor"
+
+
+async def bracketed_by_floor(
+    deployment: Deployment,
+    name: str,
+    seconds: float,
+    measure: Callable[[], Awaitable[Measurement]],
+) -> list[Measurement]:
+    """`measure` (the scenario's measurement `name` on `deployment`) with `{ __typename }`
+    measured on the same API right before and right after it, each for FLOOR_SHARE_OF_SECONDS
+    of `seconds`: [the measurement with its ratio to the floor (against_floor), the floor
+    (paired_floor)]. Whatever the scenario leaves running in the API must be waited out inside
+    `measure`, so that the floor after it measures the floor, not the leftovers."""
+    floor_seconds = seconds * FLOOR_SHARE_OF_SECONDS
+    before = await measure_graphql(deployment, floor_name(name), query=FLOOR, seconds=floor_seconds)
+    measured = await measure()
+    after = await measure_graphql(deployment, floor_name(name), query=FLOOR, seconds=floor_seconds)
+    floor = paired_floor(before, after)
+    return [against_floor(measured, floor), floor]
+
+
+def paired_floor(before: Measurement, after: Measurement) -> Measurement:
+    """One run's floor from the floors measured before and after the scenario: the mean of
+    their throughputs (each was measured for as long as the other), their latencies pooled,
+    errors summed, the other extras averaged, and each throughput kept as an extra."""
+    if before.scenario != after.scenario:
+        raise ValueError(f"floors of two measurements: {before.scenario}, {after.scenario}")
+    if before.throughput is None or after.throughput is None:
+        raise ValueError(f"{before.scenario}: a floor without a throughput")
+    extra = {
+        key: before.extra[key] + after.extra[key]
+        if key == "errors"
+        else (before.extra[key] + after.extra[key]) / 2
+        for key in before.extra
+        if key in after.extra
+    }
+    return Measurement(
+        scenario=before.scenario,
+        throughput=(before.throughput + after.throughput) / 2,
+        latencies_ms=before.latencies_ms + after.latencies_ms,
+        # VmHWM is the peak since the API started: by the end of the floor after the
+        # scenario it is the scenario's peak. The one before is the floor's own.
+        peak_rss_kib=before.peak_rss_kib,
+        extra={**extra, "before_ops_s": before.throughput, "after_ops_s": after.throughput},
+    )
+
+
+def against_floor(measured: Measurement, floor: Measurement) -> Measurement:
+    """`measured` carrying its run's floor and its ratio to it (FLOOR_OPS, FLOOR_RATIO), the
+    ratio as its figure: its median run is then the run of the median ratio, so the ratio the
+    report gives is the median of the runs' own ratios (never one run's scenario over another
+    run's floor), and that run's latencies are the ones judged with it."""
+    if not measured.throughput or not floor.throughput:
+        raise ValueError(f"{measured.scenario}: no throughput to compare with its floor")
+    return Measurement(
+        scenario=measured.scenario,
+        throughput=measured.throughput,
+        latencies_ms=measured.latencies_ms,
+        peak_rss_kib=measured.peak_rss_kib,
+        extra={
+            **measured.extra,
+            FLOOR_OPS: floor.throughput,
+            FLOOR_RATIO: measured.throughput / floor.throughput,
+        },
+        figure=FLOOR_RATIO,
+    )
+
+
+def paired_ratio(medians: Mapping[str, Measurement], name: str) -> float | None:
+    """The ratio of measurement `name` to its paired floor in its median run (for a check)."""
+    measured = medians.get(name)
+    return None if measured is None else measured.extra.get(FLOOR_RATIO)
+
+
+async def wait_for_publishes(
+    deployment: Deployment, *, timeout: float = PUBLISH_WAIT_SECONDS
+) -> float:
+    """Wait until every task in the deployment's database had its publish confirmed and
+    return the seconds that took. createTask answers before its publish is confirmed; the API
+    then publishes in the background and, once confirmed, pushes the task's outbox deadline
+    from created_at + the dispatch grace out to the re-dispatch interval. A task still at its
+    first deadline is work the API has yet to do."""
+    grace = Settings.from_env(deployment.env).dispatch_grace_seconds
+    query = (
+        "SELECT count(*) FROM tasks WHERE dispatch_after <= created_at + make_interval(secs => $1)"
+    )
+    began = time.perf_counter()
+    database = await asyncpg.connect(asyncpg_dsn(deployment.database_url))
+    try:
+        async with asyncio.timeout(timeout):
+            # The database is the truth being waited for; nothing signals it (ASYNC110).
+            while await database.fetchval(query, grace):  # noqa: ASYNC110
+                await asyncio.sleep(PUBLISH_POLL_SECONDS)
+    except TimeoutError:
+        pending = await database.fetchval(query, grace)
+        raise RuntimeError(f"{pending} publishes not confirmed after {timeout:g} s") from None
+    finally:
+        await database.close()
+    return time.perf_counter() - began

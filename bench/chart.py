@@ -36,7 +36,9 @@ def write_chart(path: Path, rows: Sequence[Row]) -> None:
         1, 2, figsize=(13, max(3.0, 0.45 * max(len(ratios), len(latencies), 1) + 1.5))
     )
     if ratios:
-        names = [f"{row.scenario}\n/ {row.baseline}" for row in ratios]
+        names = [
+            f"{row.scenario}\n/ {row.baseline}{' (paired)' if row.paired else ''}" for row in ratios
+        ]
         colours = [
             {True: "tab:green", False: "tab:red", None: "tab:gray"}[row.met] for row in ratios
         ]

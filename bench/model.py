@@ -16,8 +16,9 @@ class Measurement:
     latencies_ms: tuple[float, ...] = ()  # raw samples; the report computes p50/p95/p99
     peak_rss_kib: float | None = None
     extra: Mapping[str, float] = field(default_factory=dict)
-    # The key in `extra` that is this measurement's figure when it has no throughput (memory's
-    # KiB per subscription): the median run is picked by it.
+    # The key in `extra` that is this measurement's headline figure, when that is not its
+    # throughput: memory's KiB per subscription, or a scenario's ratio to the floor measured
+    # beside it in the same run (bench.baselines.against_floor). The median run is picked by it.
     figure: str | None = None
 
 
@@ -48,16 +49,16 @@ def latency_summary(samples: Sequence[float]) -> dict[str, float | None]:
 
 
 def median_run(runs: Sequence[Measurement]) -> Measurement:
-    """The run whose figure is the median: by throughput, else by the figure the runs name
-    (`Measurement.figure`), else by p50 latency. With an even number of runs the lower middle
-    one (a real run, never an average of two)."""
+    """The run whose figure is the median: by the figure the runs name (`Measurement.figure`)
+    when every run has it, else by throughput, else by p50 latency. With an even number of
+    runs the lower middle one (a real run, never an average of two)."""
     if not runs:
         raise ValueError("no runs to take a median of")
     figure = runs[0].figure
-    if all(run.throughput is not None for run in runs):
-        ordered = sorted(runs, key=lambda run: run.throughput or 0.0)
-    elif figure is not None and all(figure in run.extra for run in runs):
+    if figure is not None and all(figure in run.extra for run in runs):
         ordered = sorted(runs, key=lambda run: run.extra[figure])
+    elif all(run.throughput is not None for run in runs):
+        ordered = sorted(runs, key=lambda run: run.throughput or 0.0)
     else:
         ordered = sorted(runs, key=_p50_or_infinity)
     return ordered[(len(ordered) - 1) // 2]
@@ -69,6 +70,15 @@ def medians(runs: Sequence[Measurement]) -> dict[str, Measurement]:
     for run in runs:
         by_name.setdefault(run.scenario, []).append(run)
     return {name: median_run(group) for name, group in by_name.items()}
+
+
+def lower_median(values: Sequence[float]) -> float | None:
+    """The median of `values` as median_run takes it: the lower middle one of an even count
+    (one of the values, never an average of two); None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _p50_or_infinity(run: Measurement) -> float:

@@ -26,7 +26,7 @@ from datetime import datetime
 import asyncpg
 
 from bench.backend_load import asyncpg_dsn
-from bench.baselines import ASYNCPG_UPDATE
+from bench.baselines import ASYNCPG_UPDATE, wait_for_publishes
 from bench.http_load import create_tasks
 from bench.model import Measurement
 from bench.registry import Scenario, at_least
@@ -66,9 +66,11 @@ async def _throughput(stack: Stack, seconds: float, name: str, *, processors: in
     count = max(MIN_TASKS, int(seconds * TASKS_PER_SECOND_GUESS))
     async with stack.deployment(apis=1, processors=0, env={"TASK_DELAY_SECONDS": "0"}) as d:
         await create_tasks(d, count)
+        # createTask answers before its publish is confirmed: processors started earlier would
+        # race the API's late publishes and outbox deferrals for the machine.
+        await wait_for_publishes(d, timeout=60 + count / 100)
         database = await asyncpg.connect(asyncpg_dsn(d.database_url))
         try:
-            await _wait_for_dispatch(database, count, timeout=60 + count / 100)
             pids = await d.add_processors(processors)
             cpu_before = sum(d.cpu_seconds(pid) for pid in pids)
             began = time.perf_counter()
@@ -99,9 +101,9 @@ async def _in_flight(stack: Stack, name: str, *, concurrency: int) -> Measuremen
     env = {"TASK_DELAY_SECONDS": f"{DELAY_SECONDS:g}", "PROCESSOR_CONCURRENCY": str(concurrency)}
     async with stack.deployment(apis=1, processors=0, env=env) as d:
         await create_tasks(d, IN_FLIGHT_TASKS)
+        await wait_for_publishes(d, timeout=60)
         database = await asyncpg.connect(asyncpg_dsn(d.database_url))
         try:
-            await _wait_for_dispatch(database, IN_FLIGHT_TASKS, timeout=60)
             [pid] = await d.add_processors(1)
             peak = await _peak_processing(database, DELAY_SECONDS + 2)
             rows = await database.fetch(
@@ -120,22 +122,6 @@ async def _in_flight(stack: Stack, name: str, *, concurrency: int) -> Measuremen
         peak_rss_kib=peak_rss,
         extra={"in_flight": float(peak), "concurrency": float(concurrency)},
     )
-
-
-async def _wait_for_dispatch(database: asyncpg.Connection, count: int, *, timeout: float) -> None:
-    """Until all `count` tasks were published and confirmed: the API then pushes each one's
-    outbox deadline from the dispatch grace out to the re-dispatch interval."""
-    grace = Settings().dispatch_grace_seconds
-    query = (
-        "SELECT count(*) FROM tasks WHERE dispatch_after > created_at + make_interval(secs => $1)"
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            # The database is the truth being waited for; nothing signals it (ASYNC110).
-            while await database.fetchval(query, grace) < count:  # noqa: ASYNC110
-                await asyncio.sleep(POLL_SECONDS)
-    except TimeoutError:
-        raise RuntimeError(f"{count} tasks not all dispatched after {timeout:g} s") from None
 
 
 async def _wait_for_status(

@@ -21,7 +21,10 @@ class Scenario:
     name: str  # "create", "read", "notify", "memory", "processor", "push-vs-poll", "scale-out"
     title: str  # one line for the table
     run: Callable[[Stack, float], Awaitable[list[Measurement]]]  # (stack, seconds per measurement)
-    # measurement scenario -> baseline measurement scenario for the ratio
+    # measurement scenario -> baseline measurement scenario for the ratio. A baseline the
+    # scenario measures itself in each run (create -> create:floor) is paired with it: the
+    # ratio is the median of the runs' own ratios (bench.report), checked with
+    # bench.baselines.paired_ratio rather than throughput_ratio.
     baselines: Mapping[str, str] = field(default_factory=dict)
     # measurement scenario -> target text, e.g. ">= 40 % of floor, p99 <= 50 ms"
     targets: Mapping[str, str] = field(default_factory=dict)
@@ -73,7 +76,8 @@ def __getattr__(name: str) -> list[Scenario]:
 
 
 def throughput_ratio(medians: Mapping[str, Measurement], name: str, baseline: str) -> float | None:
-    """medians[name].throughput / medians[baseline].throughput, None when either is missing."""
+    """medians[name].throughput / medians[baseline].throughput, None when either is missing
+    (for a baseline measured elsewhere; a paired one: bench.baselines.paired_ratio)."""
     measured, base = medians.get(name), medians.get(baseline)
     if measured is None or base is None or not measured.throughput or not base.throughput:
         return None

@@ -1,6 +1,14 @@
 """The bench's output: one table on stdout, results.json and results.png in the output
 directory. Every figure is the median run of its measurement (bench.model.median_run); the
-JSON keeps every run."""
+JSON keeps every run.
+
+A ratio is the median throughput of the measurement over the median throughput of its
+baseline, except for a baseline paired with its measurement: one its own scenario measures
+beside it in every run (create:floor, bench.baselines.bracketed_by_floor). Comparing the
+median of one with the median of the other could pair a scenario with another run's floor;
+a paired ratio is the median of the runs' own ratios (the lower middle one of an even count,
+as median_run takes runs), which is the ratio of the measurement's median run, picked by it.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.chart import write_chart
-from bench.model import Measurement, format_number, latency_summary, medians
+from bench.model import Measurement, format_number, latency_summary, lower_median, medians
 from bench.registry import Scenario
 
 COLUMNS = ("scenario", "ops/s", "p50 ms", "p95 ms", "p99 ms", "RSS MiB", "ratio", "target", "met")
@@ -53,6 +61,7 @@ class Row:
     met: bool | None
     extra: Mapping[str, float] = field(default_factory=dict)
     run_ratios: tuple[float, ...] = ()  # the same ratio within each run
+    paired: bool = False  # the baseline was measured beside it in each run: see the docstring
 
 
 def build_rows(scenarios: Sequence[Scenario], records: Sequence[RunRecord]) -> list[Row]:
@@ -72,7 +81,10 @@ def build_rows(scenarios: Sequence[Scenario], records: Sequence[RunRecord]) -> l
         for name in names:
             row = _row(scenario, median[name], median, met.get(name))
             if row.baseline:
-                row = replace(row, run_ratios=run_ratios(records, name, row.baseline))
+                per_run = run_ratios(records, name, row.baseline)
+                row = replace(row, run_ratios=per_run)
+                if row.baseline in names:  # paired: measured by this scenario in each run
+                    row = replace(row, ratio=lower_median(per_run), paired=True)
             rows.append(row)
     return rows
 
@@ -159,12 +171,20 @@ def format_table(rows: Sequence[Row]) -> str:
         lines += ["", "figures (median run):", *notes]
     ratios = [row for row in rows if row.baseline]
     if ratios:
-        lines += [
-            "",
+        explained = (
             "ratio: median ops/s of the measurement / median ops/s of its baseline "
-            "(and within each run):",
+            "(and within each run)"
+        )
+        if any(row.paired for row in ratios):
+            explained += (
+                ";\npaired: its baseline measured on its deployment right before and after it, "
+                "in each run;\nthe ratio is then the median of the runs' ratios"
+            )
+        lines += ["", explained + ":"]
+        lines += [
+            f"  {row.scenario} / {row.baseline}{', paired' if row.paired else ''}{_per_run(row)}"
+            for row in ratios
         ]
-        lines += [f"  {row.scenario} / {row.baseline}{_per_run(row)}" for row in ratios]
     return "\n".join(lines)
 
 

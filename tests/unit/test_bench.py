@@ -14,11 +14,21 @@ from typing import Any
 
 import pytest
 
-from bench import registry
+from bench import baselines, registry
+from bench import create as create_scenario
+from bench import read as read_scenario
 from bench.backend_load import asyncpg_dsn
+from bench.baselines import FLOOR_OPS, FLOOR_RATIO, against_floor, paired_floor
 from bench.chart import target_share
 from bench.load import closed_loop, fixed_count, measurement, run_load, serve_load
-from bench.model import Measurement, latency_summary, median_run, medians, percentile
+from bench.model import (
+    Measurement,
+    latency_summary,
+    lower_median,
+    median_run,
+    medians,
+    percentile,
+)
 from bench.processing import steady_rate
 from bench.registry import Scenario, throughput_ratio
 from bench.report import (
@@ -28,7 +38,7 @@ from bench.report import (
     format_table,
     write_results,
 )
-from bench.stack import Stack
+from bench.stack import Deployment, Stack
 
 REPO = Path(__file__).resolve().parents[2]
 ECHO = "tests.unit.test_bench"
@@ -85,6 +95,21 @@ def test_median_run_without_throughput_goes_by_its_named_figure() -> None:
         Measurement("memory", None, figure="kib", extra={"kib": value}) for value in (30.0, 10, 20)
     ]
     assert median_run(runs) is runs[2]
+
+
+def test_median_run_goes_by_its_named_figure_before_throughput() -> None:
+    # A paired scenario's figure is its ratio to its own run's floor, not its throughput.
+    runs = [
+        Measurement("create", throughput, figure="r", extra={"r": ratio})
+        for throughput, ratio in ((300.0, 0.3), (600.0, 0.48), (450.0, 0.5))
+    ]
+    assert median_run(runs) is runs[1]
+
+
+def test_lower_median_is_one_of_the_values() -> None:
+    assert lower_median([0.5, 0.3, 0.48]) == 0.48
+    assert lower_median([0.4, 0.1, 0.3, 0.2]) == 0.2  # even count: the lower middle
+    assert lower_median([]) is None
 
 
 def test_median_run_of_nothing_fails() -> None:
@@ -219,6 +244,165 @@ def test_target_share_reads_the_percentage_of_a_target() -> None:
     assert target_share(">= 12.5 % of UPDATE (50 % / 4 writes)") == 12.5
     assert target_share(">= 500 in flight") is None
     assert target_share(None) is None
+
+
+# the paired floor
+
+
+def _floor(before: float, after: float) -> Measurement:
+    return paired_floor(
+        Measurement(
+            "create:floor", before, (1.0, 2.0), 100.0, {"errors": 1.0, "api_cpu_pct": 90.0}
+        ),
+        Measurement("create:floor", after, (3.0,), 300.0, {"errors": 2.0, "api_cpu_pct": 100.0}),
+    )
+
+
+def test_paired_floor_is_the_mean_of_the_floors_before_and_after() -> None:
+    floor = _floor(900.0, 1100.0)
+    assert floor.scenario == "create:floor"
+    assert floor.throughput == 1000.0
+    assert floor.latencies_ms == (1.0, 2.0, 3.0)
+    # VmHWM after the scenario is the scenario's peak; the floor's own is the one before.
+    assert floor.peak_rss_kib == 100.0
+    assert floor.extra == {
+        "errors": 3.0,
+        "api_cpu_pct": 95.0,
+        "before_ops_s": 900.0,
+        "after_ops_s": 1100.0,
+    }
+
+
+def test_paired_floor_refuses_floors_of_two_measurements() -> None:
+    with pytest.raises(ValueError, match="floors of two"):
+        paired_floor(_m("create:floor", 1.0), _m("read:floor", 1.0))
+
+
+def test_against_floor_carries_its_runs_ratio_as_its_figure() -> None:
+    measured = against_floor(
+        Measurement("create", 450.0, (5.0,), 10.0, {"errors": 0.0}), _floor(800.0, 1000.0)
+    )
+    assert measured.throughput == 450.0
+    assert measured.latencies_ms == (5.0,)
+    assert measured.extra == {"errors": 0.0, FLOOR_OPS: 900.0, FLOOR_RATIO: 0.5}
+    assert measured.figure == FLOOR_RATIO
+    with pytest.raises(ValueError, match="no throughput"):
+        against_floor(_m("create", None), _floor(1.0, 1.0))
+
+
+class _FakeDeployment:
+    """Stands in for a Deployment: bracketed_by_floor only hands it to measure_graphql."""
+
+
+async def test_bracketed_by_floor_measures_the_floor_right_before_and_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, float]] = []
+    floors = iter([800.0, 1000.0])
+
+    async def fake_graphql(
+        deployment: Deployment, name: str, *, query: str, seconds: float
+    ) -> Measurement:
+        assert query == "{ __typename }"
+        calls.append((name, seconds))
+        return _m(name, next(floors), (1.0,))
+
+    async def measure() -> Measurement:
+        calls.append(("create", 10.0))
+        return _m("create", 450.0, (5.0,))
+
+    monkeypatch.setattr(baselines, "measure_graphql", fake_graphql)
+    deployment: Any = _FakeDeployment()
+    found = await baselines.bracketed_by_floor(deployment, "create", 10.0, measure)
+    # Each floor measures half the scenario's seconds, one on either side of it.
+    assert calls == [("create:floor", 5.0), ("create", 10.0), ("create:floor", 5.0)]
+    assert [m.scenario for m in found] == ["create", "create:floor"]
+    assert found[1].throughput == 900.0
+    assert found[0].extra[FLOOR_RATIO] == pytest.approx(0.5)
+
+
+# (create, floor before, floor after, latencies) per run: the ratios are 0.3, 0.48 and 0.5.
+# The ratio of the medians would be 450 / 1000 = 0.45; the median of the runs' ratios is the
+# second run's 0.48.
+PAIRED_RUNS = [
+    (300.0, 900.0, 1100.0, tuple(float(n) for n in range(1, 101))),
+    (600.0, 1200.0, 1300.0, tuple(float(n) for n in range(1, 41))),
+    (450.0, 800.0, 1000.0, tuple(float(n) for n in range(100, 201))),
+]
+
+
+def _paired_records() -> list[RunRecord]:
+    records = []
+    for run, (throughput, before, after, latencies) in enumerate(PAIRED_RUNS, 1):
+        records.append(RunRecord("baselines", run, [_m("baseline:graphql-floor", 1500.0)]))
+        floor = paired_floor(_m("create:floor", before, (1.0,)), _m("create:floor", after))
+        measured = against_floor(Measurement("create", throughput, latencies), floor)
+        records.append(RunRecord("create", run, [measured, floor]))
+    return records
+
+
+def test_a_paired_ratio_is_the_median_of_the_runs_own_ratios() -> None:
+    rows = build_rows([SCENARIOS[0], create_scenario.SCENARIO], _paired_records())
+    assert [row.scenario for row in rows] == ["baseline:graphql-floor", "create", "create:floor"]
+    _, measured, floor = rows
+    assert measured.baseline == "create:floor"
+    assert measured.paired is True
+    assert measured.run_ratios == pytest.approx((0.3, 0.48, 0.5))
+    assert measured.ratio == pytest.approx(0.48)
+    # Every figure of the row is the median ratio's run: its throughput and latencies.
+    assert measured.throughput == 600.0
+    assert measured.p99_ms == pytest.approx(39.61)
+    assert measured.extra[FLOOR_OPS] == 1250.0
+    # Judged by that ratio (>= 40 %) and that run's p99 (<= 50 ms).
+    assert measured.target == ">= 40 % of its floor, p99 <= 50 ms"
+    assert measured.met is True
+    # The floor row is the floor's own median run; the standalone floor is no baseline of it.
+    assert floor.throughput == 1000.0
+    assert floor.ratio is None
+    assert floor.paired is False
+    assert floor.extra == {"before_ops_s": 900.0, "after_ops_s": 1100.0}
+
+
+def test_a_paired_ratio_of_an_even_count_of_runs_is_the_lower_middle_run() -> None:
+    records = [r for r in _paired_records() if r.run != 3]
+    [_, measured, _] = build_rows([SCENARIOS[0], create_scenario.SCENARIO], records)
+    assert measured.run_ratios == pytest.approx((0.3, 0.48))
+    assert measured.ratio == pytest.approx(0.3)
+    assert measured.throughput == 300.0  # the same run
+    assert measured.met is False  # 30 % < 40 %
+
+
+def test_the_table_and_json_say_which_ratios_are_paired(tmp_path: Path) -> None:
+    plan = [SCENARIOS[0], create_scenario.SCENARIO]
+    table = write_results(tmp_path, plan, _paired_records(), [], machine={}, settings={"runs": 3})
+    line = next(line for line in table.splitlines() if line.startswith("create "))
+    assert "48.0 %" in line
+    assert "create / create:floor, paired (30 %, 48 %, 50 %)" in table
+    assert "the median of the runs' ratios" in table
+    document = json.loads((tmp_path / "results.json").read_text())
+    by_name = {row["scenario"]: row for row in document["medians"]}
+    assert by_name["create"]["paired"] is True
+    assert by_name["create"]["ratio"] == pytest.approx(0.48)
+    assert by_name["create:floor"]["throughput"] == 1000.0
+
+
+def test_create_and_read_check_against_their_paired_floor() -> None:
+    assert create_scenario.SCENARIO.baselines == {"create": "create:floor"}
+    assert read_scenario.SCENARIO.baselines == {"read": "read:floor"}
+    assert target_share(read_scenario.SCENARIO.targets["read"]) == 80.0
+    floor = _floor(1000.0, 1000.0)
+    fast = against_floor(_m("read", 850.0), floor)
+    slow = against_floor(_m("read", 750.0), floor)
+    # The standalone floor no longer counts: a slow one would have let 750 pass.
+    standalone = _m("baseline:graphql-floor", 900.0)
+    assert read_scenario.check({"read": fast, "baseline:graphql-floor": standalone}) == {
+        "read": True
+    }
+    assert read_scenario.check({"read": slow, "baseline:graphql-floor": standalone}) == {
+        "read": False
+    }
+    assert read_scenario.check({}) == {"read": False}
+    assert baselines.paired_ratio({"read": slow}, "read") == pytest.approx(0.75)
 
 
 # the registry
