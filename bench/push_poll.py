@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from bench.load import run_load
 from bench.model import Measurement
 from bench.registry import Scenario
-from bench.stack import Deployment, Stack
+from bench.stack import HISTORY_OWNER, Deployment, Stack
 from bench.ws_parent import graphql_ws_url
 from taskwire.models import TERMINAL
 
@@ -180,8 +180,9 @@ class Counters:
                 self.own_queries += 1  # the SELECT below: one statement on the measured database
                 done = int(
                     await connection.fetchval(
-                        "SELECT count(*) FROM tasks WHERE status = ANY($1::text[])",
+                        "SELECT count(*) FROM tasks WHERE status = ANY($1::text[]) AND owner <> $2",
                         [status.value for status in TERMINAL],
+                        HISTORY_OWNER,
                     )
                 )
                 if done >= total or time.monotonic() > deadline:
