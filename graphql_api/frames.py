@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from json import JSONDecodeError
 from typing import Any, cast
 
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.http.async_base_view import AsyncWebSocketAdapter
 from strawberry.http.exceptions import (
@@ -25,6 +26,8 @@ from strawberry.http.exceptions import (
     WebSocketDisconnected,
 )
 
+from taskwire import events
+from taskwire.events import Timeouts
 from taskwire.identity import Principal
 
 log = logging.getLogger(__name__)
@@ -42,15 +45,30 @@ class ClosingSocket(AsyncWebSocketAdapter):
     """A websocket that closes once and drops whatever is sent after that, so that a close
     racing another (or an operation still yielding) neither raises nor leaks data."""
 
+    # Slots, as the handlers' (graphql_api.websocket): one per connection, for its whole life.
+    __slots__ = ("_inner", "closed", "view")
+
     def __init__(self, inner: AsyncWebSocketAdapter) -> None:
         super().__init__(inner.view)
         self._inner = inner
         self.closed = False
 
-    def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
+    def iter_json(  # type: ignore[override]
+        self, *, ignore_parsing_errors: bool = False
+    ) -> AsyncIterator[object]:
+        # Strawberry's handlers only iterate over it (`async for`), which an iterator serves.
         if isinstance(self._inner, ASGIWebSocketAdapter):
-            return _frames(self._inner, ignore_parsing_errors=ignore_parsing_errors)
+            return _Frames(self._inner, ignore_parsing_errors=ignore_parsing_errors)
         return self._inner.iter_json(ignore_parsing_errors=ignore_parsing_errors)
+
+    def forget_headers(self) -> None:
+        """Empty the handshake's headers, once the connection is accepted: read to accept it
+        (the origin check, the request id) and never after, they would be held for as long as
+        it lasts (about 1 KiB). Emptied in place: Starlette's cached Headers is the same list."""
+        if isinstance(self._inner, ASGIWebSocketAdapter):
+            headers = self._inner.ws.scope.get("headers")
+            if isinstance(headers, list):
+                headers.clear()
 
     async def send_json(self, message: Mapping[str, object]) -> None:
         if not self.closed:
@@ -66,24 +84,58 @@ class ClosingSocket(AsyncWebSocketAdapter):
             log.debug("websocket gone before close %d", code)  # the peer left first
 
 
-async def _frames(
-    adapter: ASGIWebSocketAdapter, *, ignore_parsing_errors: bool
-) -> AsyncGenerator[object, None]:
-    """Strawberry's ASGIWebSocketAdapter.iter_json, except that no local holds on to the last
-    frame's text while the connection waits (for minutes, usually) for the next one."""
-    websocket = adapter.ws
-    decode = adapter.view.decode_json
-    try:
-        while websocket.application_state != WebSocketState.DISCONNECTED:
+class _Frames(AsyncIterator[object]):
+    """Strawberry's ASGIWebSocketAdapter.iter_json, holding less while the connection waits
+    (for minutes, usually) for the next frame: no local holds on to the last frame's text; the
+    wait is on the server's receive itself, not through Starlette's receive_text and receive
+    (two more suspended coroutines); and an iterator rather than an async generator (which the
+    loop also tracks, with a weak reference each). Starlette's states are kept as its receive
+    keeps them; in any other state than connected, its receive_text reads (and raises)."""
+
+    __slots__ = ("_adapter", "_ended", "_ignore_parsing_errors")
+
+    def __init__(self, adapter: ASGIWebSocketAdapter, *, ignore_parsing_errors: bool) -> None:
+        self._adapter = adapter
+        self._ignore_parsing_errors = ignore_parsing_errors
+        self._ended = False
+
+    async def __anext__(self) -> object:
+        websocket = self._adapter.ws
+        decode = self._adapter.view.decode_json
+        connected = WebSocketState.CONNECTED
+        while not self._ended and websocket.application_state != WebSocketState.DISCONNECTED:
             try:
-                yield decode(await websocket.receive_text())
+                if websocket.client_state == connected == websocket.application_state:
+                    return decode(_text(websocket, await websocket._receive()))
+                return decode(await websocket.receive_text())
             except JSONDecodeError as exc:
-                if not ignore_parsing_errors:
+                if not self._ignore_parsing_errors:
+                    self._ended = True
                     raise NonJsonMessageReceived from exc
-    except KeyError as exc:  # a binary frame has no "text"
-        raise NonTextMessageReceived from exc
-    except WebSocketDisconnect:
-        pass
+            except KeyError as exc:  # a binary frame has no "text"
+                self._ended = True
+                raise NonTextMessageReceived from exc
+            except WebSocketDisconnect:
+                self._ended = True
+            except BaseException:
+                self._ended = True
+                raise
+        self._ended = True
+        raise StopAsyncIteration
+
+
+def _text(websocket: WebSocket, message: Mapping[str, Any]) -> str:
+    """The text of a message the server sent a connected Starlette websocket, as its
+    receive_text would return it (or raise)."""
+    kind = message["type"]
+    if kind == "websocket.disconnect":
+        websocket.client_state = WebSocketState.DISCONNECTED
+        raise WebSocketDisconnect(message["code"], message.get("reason"))
+    if kind != "websocket.receive":
+        raise RuntimeError(
+            f'Expected ASGI message "websocket.receive" or "websocket.disconnect", but got {kind!r}'
+        )
+    return cast("str", message["text"])
 
 
 class Alarm:
@@ -92,23 +144,44 @@ class Alarm:
     A loop timer until it fires, and a task only while `action` runs: a task that sleeps out
     the delay would hold a task, two coroutine frames and a future for every idle connection
     (and, once cancelled, its CancelledError with the traceback and frames for as long as it
-    is referenced), where a timer holds one handle."""
+    is referenced), where a timer holds one handle. Given shared `timeouts` (one Timeouts for
+    many connections), a long delay is an entry there instead: with uvloop, a loop timer is a
+    handle, a libuv timer and the callback's arguments, about 0.7 KiB per connection."""
 
-    __slots__ = ("_task", "_timer")
+    __slots__ = ("_due", "_task", "_timer")
 
     def __init__(self) -> None:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        # Where it waits in shared Timeouts: them, its key and its entry.
+        self._due: tuple[Timeouts, int, Callable[[], None]] | None = None
 
     @property
     def pending(self) -> bool:
         """Set and neither cancelled nor finished."""
-        return self._timer is not None or (self._task is not None and not self._task.done())
+        return (
+            self._timer is not None
+            or self._due is not None
+            or (self._task is not None and not self._task.done())
+        )
 
-    def set(self, delay: float, action: Callable[[], Awaitable[None]], *, name: str) -> None:
+    def set(
+        self,
+        delay: float,
+        action: Callable[[], Awaitable[None]],
+        *,
+        name: str,
+        timeouts: Timeouts | None = None,
+    ) -> None:
         """Arm it, unless it was armed before (an alarm goes off once)."""
-        if self._timer is not None or self._task is not None:
+        if self._timer is not None or self._task is not None or self._due is not None:
             return
+        if timeouts is not None and delay >= events.COARSE_TIMEOUT_SECONDS:
+            fire = partial(self._fire, action, name)
+            key = timeouts.add(fire, delay)
+            if key is not None:
+                self._due = (timeouts, key, fire)
+                return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(delay, self._fire, action, name)
 
@@ -117,6 +190,10 @@ class Alarm:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
+        due, self._due = self._due, None
+        if due is not None:
+            timeouts, key, fire = due
+            timeouts.discard(key, fire)
         if self._task is not None:
             self._task.cancel()
 
@@ -130,6 +207,7 @@ class Alarm:
 
     def _fire(self, action: Callable[[], Awaitable[None]], name: str) -> None:
         self._timer = None
+        self._due = None
         self._task = asyncio.create_task(_run(action, name), name=name)
 
 
@@ -145,14 +223,20 @@ class Deadline(Alarm):
 
     __slots__ = ()
 
-    def arm(self, principal: Principal | None, on_expiry: Callable[[], Awaitable[None]]) -> None:
+    def arm(
+        self,
+        principal: Principal | None,
+        on_expiry: Callable[[], Awaitable[None]],
+        *,
+        timeouts: Timeouts | None = None,
+    ) -> None:
         if principal is None or principal.expires_at is None:
             return
         expires_at = principal.expires_at
         if expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)
         delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds())
-        self.set(delay, on_expiry, name=EXPIRY)
+        self.set(delay, on_expiry, name=EXPIRY, timeouts=timeouts)
 
 
 def fit_reason(reason: str) -> str:
@@ -212,3 +296,10 @@ def _operation_payload_problem(payload: object, kind: str) -> str | None:
     ):
         return f"Invalid {kind} message payload"
     return None
+
+
+def shared_timeouts(view: object) -> Timeouts | None:
+    """The Timeouts the view shares among its connections for their token deadlines, if it has
+    any (its `timeouts` attribute): without them, a loop timer each."""
+    timeouts = getattr(view, "timeouts", None)
+    return timeouts if isinstance(timeouts, Timeouts) else None

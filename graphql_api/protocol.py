@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
-from uvicorn._types import ASGISendEvent
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
@@ -23,7 +24,54 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     each deque a 64-slot block), an Event for write flow control with a fifth deque, and the
     parsed handshake request and response with their header maps after the handshake, about
     8 KiB in all. Here the queue and the flow-control gate hold nothing while idle and the
-    handshake is dropped once answered; the protocol itself is uvicorn's, unchanged."""
+    handshake is dropped once answered; the protocol itself is uvicorn's, unchanged.
+
+    Its attributes are slots: uvicorn's protocol sets 37 of them, past the 30 keys an instance
+    dict shares with its class's other instances, so each connection had a dict of its own
+    (1.5 KiB). The scope's headers are emptied once the handshake is answered (see `send`), and
+    the app awaits the receive queue directly (see `receive`)."""
+
+    # Every attribute uvicorn's protocol (or this class) sets: test_ws_memory_parts checks that
+    # none is left to an instance dict.
+    __slots__ = (
+        "app",
+        "app_state",
+        "asgi_version",
+        "client",
+        "close_sent",
+        "close_timeout",
+        "close_timer",
+        "config",
+        "conn",
+        "connections",
+        "curr_msg_data_type",
+        "default_headers",
+        "disconnected",
+        "frames",
+        "handshake_complete",
+        "handshake_initiated",
+        "initial_response",
+        "last_ping_rtt",
+        "logger",
+        "loop",
+        "pending_ping_payload",
+        "ping_interval",
+        "ping_sent_at",
+        "ping_timeout",
+        "ping_timer",
+        "pong_timer",
+        "queue",
+        "read_paused",
+        "request",
+        "response",
+        "root_path",
+        "scheme",
+        "scope",
+        "server",
+        "tasks",
+        "transport",
+        "writable",
+    )
 
     def __init__(
         self,
@@ -44,10 +92,29 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         event.headers.clear()
 
     async def send(self, message: ASGISendEvent) -> None:
+        answering = not self.handshake_complete
         await super().send(message)
-        if self.handshake_complete:
+        if answering and self.handshake_complete:
             # Read only to answer the handshake, which is done.
             self.response = None  # type: ignore[assignment]
+            # The headers are read while the connection is accepted (the origin check, the
+            # request id), never after: the list is emptied in place, for the app's scope and
+            # the copies of it the middleware made share it. About 1 KiB per connection.
+            headers = self.scope.get("headers")
+            if isinstance(headers, list):
+                headers.clear()
+
+    def receive(self) -> Coroutine[Any, Any, ASGIReceiveEvent]:
+        # uvicorn's receive is a coroutine awaiting the queue's: here the app awaits the
+        # queue's own, one suspended coroutine less on every idle connection.
+        return cast("ReceiveQueue", self.queue).get(self._received)
+
+    def _received(self) -> None:
+        # What uvicorn's receive does after taking a message: reading was paused while one
+        # was queued.
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            self.transport.resume_reading()
 
 
 class ReceiveQueue:
@@ -71,7 +138,8 @@ class ReceiveQueue:
             self._items.append(item)
         _wake_one(self._getters)
 
-    async def get(self) -> Any:
+    async def get(self, then: Callable[[], None] | None = None) -> Any:
+        """The first item, once there is one; `then` is called right after it is taken."""
         while not self._items:
             getter = asyncio.get_running_loop().create_future()
             getters = self._getters
@@ -92,6 +160,8 @@ class ReceiveQueue:
         item = self._items.pop(0)
         if not self._items:
             self._items = None
+        if then is not None:
+            then()
         return item
 
 

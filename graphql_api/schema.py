@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterable
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from graphql import GraphQLError
@@ -60,22 +60,25 @@ async def resolve_retry_task(info: Info, id: strawberry.ID) -> TaskType:
     return TaskType.from_model(task)
 
 
-async def resolve_task_updated(info: Info, id: strawberry.ID) -> AsyncGenerator[TaskType, None]:
+def resolve_task_updated(info: Info, id: strawberry.ID) -> AsyncGenerator[TaskType, None]:
+    # The service's generator itself, presenting each state as a TaskType and counting the
+    # subscription and its deliveries: no generator of ours wrapping it for the subscription's
+    # whole life.
     context = info.context
-    metrics = context.services.metrics
-    updates = service.watch_task(context.services, context.caller, service.parse_task_id(id))
-    metrics.subscriptions.inc()
     try:
-        first = True
-        async for task in updates:
-            if not first:  # the snapshot is not a delivered event; what follows is
-                metrics.events_delivered.inc()
-            first = False
-            yield TaskType.from_model(task)
-    finally:
-        metrics.subscriptions.dec()
-        # Closes the subscription to the task's events now, not whenever the GC gets to it.
-        await updates.aclose()
+        caller, task_id = context.caller, service.parse_task_id(id)
+    except Exception as error:
+        problem = error
+
+        # Raised by the stream, as before, not by the resolver: graphql-transport-ws answers a
+        # resolver's error with `error` where the stream's is a `next` with errors.
+        async def failing() -> AsyncGenerator[TaskType, None]:
+            raise problem
+            yield  # a generator: raises when the subscription starts
+
+        return failing()
+    updates = service.watch_task(context.services, caller, task_id, TaskType.from_model)
+    return cast("AsyncGenerator[TaskType, None]", updates)
 
 
 # Resolvers are passed with resolver= rather than decorated: the decorator form is untyped.

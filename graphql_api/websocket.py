@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Mapping
+from contextlib import suppress
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar, cast
 
@@ -36,9 +37,12 @@ from strawberry.schema import BaseSchema
 from strawberry.subscriptions.protocols.graphql_transport_ws import types as transport
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
+    _OperationStreamClosed,  # what Strawberry's run_operation catches (see run_operation)
 )
 from strawberry.subscriptions.protocols.graphql_ws import types as legacy
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.types.execution import ExecutionResult, PreExecutionError
 from strawberry.types.unset import UnsetType
 
 from graphql_api.frames import (
@@ -47,6 +51,7 @@ from graphql_api.frames import (
     ClosingSocket,
     Deadline,
     legacy_message_problem,
+    shared_timeouts,
     transport_message_problem,
 )
 from taskwire.identity import Principal
@@ -67,8 +72,33 @@ RootValueT = TypeVar("RootValueT")
 View = AsyncBaseHTTPView[Any, Any, Any, Any, Any, ContextT, RootValueT]
 
 
+# A handler's attributes (ours and every one Strawberry's handler sets) are slots: a handler
+# lives as long as its connection, and an instance dict costs more, the more so as the view
+# makes the handler through a subscripted generic (TransportWsHandler[Context, None]), which
+# sets __orig_class__ on it after __init__ (about 200 bytes more in a dict).
+
+
 class TransportWsHandler(BaseGraphQLTransportWSHandler[ContextT, RootValueT]):
     """graphql-transport-ws: Strawberry's handler, with the rules in this module's docstring."""
+
+    __slots__ = (
+        "__orig_class__",
+        "connection_acknowledged",
+        "connection_init_received",
+        "connection_init_timeout_task",
+        "connection_init_wait_timeout",
+        "connection_timed_out",
+        "context",
+        "deadline",
+        "init_timeout",
+        "max_subscriptions_per_connection",
+        "operations",
+        "root_value",
+        "schema",
+        "socket",
+        "view",
+        "websocket",
+    )
 
     def __init__(
         self,
@@ -96,6 +126,7 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[ContextT, RootValueT]):
     async def handle(self) -> None:
         # Strawberry's loop, except that the last message is not held while waiting for the
         # next one (on an idle connection, the subscribe message, for as long as it lasts).
+        self.socket.forget_headers()
         self.on_request_accepted()
         try:
             try:
@@ -144,7 +175,8 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[ContextT, RootValueT]):
         # on_ws_connect has read the token: the principal is what the connection keeps.
         self.context.connection_params = {}
         if self.connection_acknowledged and not self.socket.closed:
-            self.deadline.arm(self.context.principal, self.expire)
+            timeouts = shared_timeouts(self.view)
+            self.deadline.arm(self.context.principal, self.expire, timeouts=timeouts)
 
     async def handle_subscribe(self, message: transport.SubscribeMessage) -> None:
         # Forget operations that ended without deregistering, so that the cap and the
@@ -167,6 +199,42 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[ContextT, RootValueT]):
         share_query(message["payload"])
         await super().handle_subscribe(message)
 
+    async def run_operation(self, operation: Operation[ContextT, RootValueT]) -> None:
+        # Strawberry's, with its _send_result_stream inline and the stream closed in a
+        # `finally`: that coroutine and its aclosing context manager (an async generator and
+        # its wrapper) were held for as long as the subscription lasts.
+        try:
+            results = await self.schema.stream(
+                operation.query,
+                variable_values=operation.variables,
+                context_value=self.context,
+                root_value=self.root_value,
+                operation_name=operation.operation_name,
+            )
+            try:
+                first = True
+                async for result in results:
+                    if first and isinstance(result, PreExecutionError):
+                        await self._handle_pre_execution_error(operation, result)
+                        break
+                    if not isinstance(result, ExecutionResult):
+                        await self._reject_incremental_delivery(operation)
+                        break
+                    await operation.send_next(result)
+                    first = False
+            finally:
+                with suppress(Exception):  # as Strawberry's aclosing
+                    await results.aclose()
+            await operation.send_operation_message({"id": operation.id, "type": "complete"})
+        except _OperationStreamClosed:
+            return
+        except Exception as error:
+            await self.handle_task_exception(error)
+            with suppress(Exception):
+                await operation.send_operation_message({"id": operation.id, "type": "complete"})
+            self.operations.pop(operation.id, None)
+            raise
+
     async def expire(self) -> None:
         await self.socket.close(4403, TOKEN_EXPIRED)
         for operation in self.operations.values():
@@ -176,6 +244,27 @@ class TransportWsHandler(BaseGraphQLTransportWSHandler[ContextT, RootValueT]):
 
 class LegacyWsHandler(BaseGraphQLWSHandler[ContextT, RootValueT]):
     """Legacy graphql-ws (subscriptions-transport-ws) held to graphql-transport-ws's rules."""
+
+    __slots__ = (
+        "__orig_class__",
+        "connection_acknowledged",
+        "connection_init_received",
+        "connection_init_wait_timeout",
+        "context",
+        "deadline",
+        "init_timeout",
+        "keep_alive",
+        "keep_alive_interval",
+        "keep_alive_task",
+        "max_subscriptions_per_connection",
+        "root_value",
+        "schema",
+        "socket",
+        "subscriptions",
+        "tasks",
+        "view",
+        "websocket",
+    )
 
     def __init__(
         self,
@@ -206,6 +295,7 @@ class LegacyWsHandler(BaseGraphQLWSHandler[ContextT, RootValueT]):
         self.deadline = Deadline()
 
     async def handle(self) -> None:
+        self.socket.forget_headers()
         seconds = self.connection_init_wait_timeout.total_seconds()
         self.init_timeout.set(seconds, self.close_uninitialised, name=INIT_TIMEOUT)
         try:
@@ -282,7 +372,8 @@ class LegacyWsHandler(BaseGraphQLWSHandler[ContextT, RootValueT]):
         # on_ws_connect has read the token: the principal is what the connection keeps.
         self.context.connection_params = {}
         self.connection_acknowledged = True
-        self.deadline.arm(self.context.principal, self.expire)
+        timeouts = shared_timeouts(self.view)
+        self.deadline.arm(self.context.principal, self.expire, timeouts=timeouts)
         if self.keep_alive:
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 

@@ -9,9 +9,11 @@ queue until an event arrives, and the inbox is its own context manager.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from uuid import UUID
@@ -23,6 +25,94 @@ from taskwire.settings import is_memory
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+# Timeouts at least this long are served by the bus's Timeouts, to the second (see Timeouts).
+COARSE_TIMEOUT_SECONDS = 10.0
+TIMEOUT_RESOLUTION_SECONDS = 1.0
+
+
+# What a Timeouts entry is: a future it resolves, or a callback it calls, once due.
+Due = asyncio.Future[None] | Callable[[], None]
+
+
+class Timeouts:
+    """Wakes the waiters whose timeout has passed (resolves their future, or calls them), from
+    one loop timer for all of them, to the second (late by at most TIMEOUT_RESOLUTION_SECONDS,
+    never early).
+
+    A loop timer per waiting inbox (with uvloop a handle, a libuv timer and the callback's
+    arguments) is half a KiB on every idle subscription; the timeouts waited on here are the
+    subscriptions' re-checks, minutes long and spread on purpose, where a second is nothing.
+    Waiters are bucketed by the second they are due in: a waiter costs a set entry. (The
+    websocket connections' token deadlines can share one too: graphql_api.frames.Alarm.)"""
+
+    __slots__ = ("_due", "_loop", "_seconds", "_timer")
+
+    def __init__(self) -> None:
+        self._due: dict[int, set[Due]] = {}
+        # The seconds in _due, earliest first (a second whose bucket emptied may linger).
+        self._seconds: list[int] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __len__(self) -> int:
+        return sum(len(waiters) for waiters in self._due.values())
+
+    def add(self, waiter: Due, delay: float) -> int | None:
+        """Resolve `waiter` once `delay` seconds have passed; returns the key to `discard` it
+        with, or None when this loop is not the one the pending timeouts run on."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._due:
+                return None
+            self._loop = loop
+        second = math.ceil((loop.time() + delay) / TIMEOUT_RESOLUTION_SECONDS)
+        waiters = self._due.get(second)
+        if waiters is None:
+            waiters = self._due[second] = set()
+            heapq.heappush(self._seconds, second)
+            if self._seconds[0] == second:
+                self._arm(loop)
+        waiters.add(waiter)
+        return second
+
+    def discard(self, key: int, waiter: Due) -> None:
+        waiters = self._due.get(key)
+        if waiters is None:
+            return
+        waiters.discard(waiter)
+        if not waiters:
+            del self._due[key]
+            if not self._due and self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+                self._seconds.clear()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(self._seconds[0] * TIMEOUT_RESOLUTION_SECONDS, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = self._loop
+        if loop is None:
+            return
+        # A timer may fire a hair early: what is due within a millisecond is due.
+        now = loop.time() + 0.001
+        seconds = self._seconds
+        while seconds and seconds[0] * TIMEOUT_RESOLUTION_SECONDS <= now:
+            for waiter in self._due.pop(heapq.heappop(seconds), ()):
+                if not isinstance(waiter, asyncio.Future):
+                    try:
+                        waiter()
+                    except Exception:
+                        log.exception("a timeout's callback failed")
+                elif not waiter.done():
+                    waiter.set_result(None)
+        while seconds and seconds[0] not in self._due:
+            heapq.heappop(seconds)
+        if seconds:
+            self._arm(loop)
 
 
 class Inbox:
@@ -56,13 +146,21 @@ class Inbox:
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiter = waiter
-            timer = None if timeout is None else loop.call_later(timeout, _wake, waiter)
+            timer = None
+            timeouts = None if timeout is None else self._timeouts()
+            key = None
+            if timeout is not None and timeouts is not None and timeout >= COARSE_TIMEOUT_SECONDS:
+                key = timeouts.add(waiter, timeout)
+            if timeout is not None and key is None:
+                timer = loop.call_later(timeout, _wake, waiter)
             try:
                 await waiter
             finally:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
+                if key is not None and timeouts is not None:
+                    timeouts.discard(key, waiter)
         items = self._items
         if not items:
             return RESYNC
@@ -70,6 +168,10 @@ class Inbox:
         if not items:
             self._items = None
         return event
+
+    def _timeouts(self) -> Timeouts | None:
+        """The shared Timeouts of the bus this inbox belongs to, if any (else a timer each)."""
+        return None
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -99,12 +201,16 @@ class _MemorySubscription(Inbox):
     ) -> None:
         self._bus.leave(self._task_id, self)
 
+    def _timeouts(self) -> Timeouts:
+        return self._bus.timeouts
+
 
 class MemoryEventBus:
     """In-process fan-out, for `taskwire dev` (one process, so no transport)."""
 
     def __init__(self, *, queue_size: int = QUEUE_SIZE) -> None:
         self.queue_size = queue_size
+        self.timeouts = Timeouts()
         self._inboxes: dict[UUID, set[Inbox]] = {}
 
     async def publish(self, task: Task) -> None:

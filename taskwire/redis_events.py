@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from taskwire.batching import Batcher
 from taskwire.cache import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS, redis_client
 from taskwire.errors import ServiceUnavailable
-from taskwire.events import QUEUE_SIZE, Inbox
+from taskwire.events import QUEUE_SIZE, Inbox, Timeouts
 from taskwire.models import Task
 from taskwire.ports import RESYNC, Subscription
 
@@ -92,6 +92,9 @@ class _RedisSubscription(Inbox):
         if channel is not None:
             self._bus.leave(channel, self)
 
+    def _timeouts(self) -> Timeouts:
+        return self._bus.timeouts
+
 
 class RedisEventBus:
     """Redis pub/sub fan-out: PUBLISH on a pooled client, one listener connection. Does no I/O
@@ -129,6 +132,7 @@ class RedisEventBus:
             socket_timeout=None,
         )
         self.queue_size = queue_size
+        self.timeouts = Timeouts()
         self._subscribe_timeout = subscribe_timeout
         self._ping_interval = ping_interval
         self._channels: dict[bytes, _Channel] = {}

@@ -8,7 +8,8 @@ import logging
 import math
 import os
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, overload
 from uuid import UUID
 
 from taskwire import tracing
@@ -257,46 +258,76 @@ async def read_task(services: Services, task_id: UUID) -> Task | None:
     return task
 
 
-async def watch_task(
+@overload
+def watch_task(
     services: Services, caller: Principal, task_id: UUID
-) -> AsyncGenerator[Task, None]:
-    """The current state, then every newer version, ending after a terminal state.
+) -> AsyncGenerator[Task, None]: ...
+
+
+@overload
+def watch_task(
+    services: Services, caller: Principal, task_id: UUID, present: Callable[[Task], object]
+) -> AsyncGenerator[object, None]: ...
+
+
+async def watch_task(
+    services: Services,
+    caller: Principal,
+    task_id: UUID,
+    present: Callable[[Task], Any] | None = None,
+) -> AsyncGenerator[Any, None]:
+    """The current state, then every newer version, ending after a terminal state; each one as
+    `present` makes it, when given (the resolver's GraphQL type).
 
     Subscribing happens before the first read so that no change can fall between the two.
-    (The caller counts subscriptions and deliveries: one generator per subscription, not two,
-    since each one is held for the subscription's whole life.)
+    Counts the subscription while it runs and every change delivered after the first state.
+    (`present` rather than a generator of the caller's mapping this one's: a subscription holds
+    every generator in its chain, each with its frame and the loop's weak reference to it,
+    for its whole life.)
     """
-    async with services.events.subscribe(task_id) as subscription:
-        current = await get_task(services, caller, task_id)
-        if current is None:
-            raise NotFound()
-        yield current
-        resync_pending = False
-        while not current.terminal:
-            event: Task | Resync = (
-                RESYNC
-                if resync_pending
-                else await subscription.get(timeout=_recheck_after(services.settings))
-            )
-            if isinstance(event, Resync):
-                # Events may have been missed (reconnect, overflow, or a long silence):
-                # the database is the truth.
-                try:
-                    truth = await services.store.get(task_id)
-                except ServiceUnavailable:
-                    # Keep the subscriber through a database outage: events still arrive
-                    # (and wait in the inbox); the re-read is tried again shortly.
-                    resync_pending = True
-                    await asyncio.sleep(RESYNC_RETRY_SECONDS)
-                    continue
-                resync_pending = False
-                if truth is None:
-                    return
-                await _cache(services, truth)
-                event = truth
-            if event.version > current.version:
-                current = event
-                yield current
+    metrics = services.metrics
+    metrics.subscriptions.inc()
+    try:
+        async with services.events.subscribe(task_id) as subscription:
+            first = await get_task(services, caller, task_id)
+            if first is None:
+                raise NotFound()
+            # Only the version and whether it is final are kept of the last state delivered:
+            # the state itself is not held while waiting (for minutes, usually) for the next.
+            version, terminal = first.version, first.terminal
+            yield first if present is None else present(first)
+            del first
+            resync_pending = False
+            while not terminal:
+                event: Task | Resync = (
+                    RESYNC
+                    if resync_pending
+                    else await subscription.get(timeout=_recheck_after(services.settings))
+                )
+                if isinstance(event, Resync):
+                    # Events may have been missed (reconnect, overflow, or a long silence):
+                    # the database is the truth.
+                    try:
+                        truth = await services.store.get(task_id)
+                    except ServiceUnavailable:
+                        # Keep the subscriber through a database outage: events still arrive
+                        # (and wait in the inbox); the re-read is tried again shortly.
+                        resync_pending = True
+                        await asyncio.sleep(RESYNC_RETRY_SECONDS)
+                        continue
+                    resync_pending = False
+                    if truth is None:
+                        return
+                    await _cache(services, truth)
+                    event = truth
+                    del truth
+                if event.version > version:
+                    version, terminal = event.version, event.terminal
+                    metrics.events_delivered.inc()
+                    yield event if present is None else present(event)
+                del event
+    finally:
+        metrics.subscriptions.dec()
 
 
 def _recheck_after(settings: Settings) -> float:

@@ -10,24 +10,32 @@ import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import uuid4
 
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from strawberry.types import ExecutionResult
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
+from graphql_api.auth import Authenticator
+from graphql_api.context import Context
 from graphql_api.frames import Alarm, Deadline
-from graphql_api.protocol import Gate, ReceiveQueue
+from graphql_api.protocol import Gate, LeanWebSocketProtocol, ReceiveQueue
+from graphql_api.schema import build_schema
 from graphql_api.websocket import LegacyWsHandler, TransportWsHandler
-from taskwire.events import Inbox
+from taskwire import events
+from taskwire.events import Inbox, MemoryEventBus, Timeouts
 from taskwire.identity import Principal
 from taskwire.models import Task, TaskStatus
 from taskwire.ports import RESYNC
+from tests.support.auth import TESTER, auth_settings
 from tests.support.uvicorn_server import websocket_server
 from tests.unit.test_websocket_protocol import (
     BOTH,
@@ -35,6 +43,7 @@ from tests.unit.test_websocket_protocol import (
     Probe,
     View,
     WsContext,
+    closing,
     initialise,
     receive,
     send,
@@ -242,7 +251,7 @@ class RecordingLegacy(LegacyWsHandler[WsContext, None]):
 
 @contextlib.asynccontextmanager
 async def recording_graphql(
-    *, expires_in: float | None = None, **options: Any
+    *, expires_in: float | None = None, timeouts: Timeouts | None = None, **options: Any
 ) -> AsyncIterator[tuple[str, Recorded]]:
     recorded = Recorded()
     transport = type("Transport", (RecordingTransport,), {"recorded": recorded})
@@ -253,6 +262,8 @@ async def recording_graphql(
         {"graphql_transport_ws_handler_class": transport, "graphql_ws_handler_class": legacy},
     )
     view = view_class(Probe(), expires_in=expires_in, **options)
+    if timeouts is not None:
+        view.timeouts = timeouts  # what the handlers share their token deadlines in
     app = Starlette(routes=[WebSocketRoute("/graphql", view)])
     async with websocket_server(app) as base:
         yield f"{base}/graphql", recorded
@@ -300,7 +311,41 @@ async def test_the_connection_params_are_not_kept_after_connection_init() -> Non
         assert handler.context.principal is not None
 
 
+@pytest.mark.parametrize("dialect", BOTH)
+async def test_an_accepted_connection_keeps_no_handshake_headers(dialect: Dialect) -> None:
+    async with (
+        recording_graphql() as (url, recorded),
+        connect(url, subprotocols=[Subprotocol(dialect.protocol)]) as ws,
+    ):
+        await initialise(ws)
+        (handler,) = recorded.handlers
+        websocket = cast("Any", handler.socket)._inner.ws
+        assert websocket.scope["headers"] == []
+        assert len(websocket.headers) == 0  # Starlette's cached Headers is the same list
+
+
+@pytest.mark.parametrize("dialect", BOTH)
+async def test_a_handler_keeps_its_attributes_in_slots(dialect: Dialect) -> None:
+    async with (
+        recording_graphql() as (url, recorded),
+        connect(url, subprotocols=[Subprotocol(dialect.protocol)]) as ws,
+    ):
+        await initialise(ws)
+        await send(ws, dialect.start("a"))
+        assert (await receive(ws))["type"] == dialect.data
+        (handler,) = recorded.handlers
+        # Every attribute Strawberry's handler or ours set is a slot: no instance dict.
+        assert vars(handler) == {}
+        assert vars(handler.socket) == {}
+
+
 # --- LeanWebSocketProtocol: uvicorn's protocol, unchanged from the outside ---------------------
+
+
+async def test_the_protocol_keeps_no_instance_dict() -> None:
+    # uvicorn's protocol sets over 30 attributes: in an instance dict, 1.5 KiB per connection.
+    protocol = LeanWebSocketProtocol(Config(app=echo_app()), ServerState(), {})
+    assert vars(protocol) == {}
 
 
 async def echo(websocket: WebSocket) -> None:
@@ -426,3 +471,123 @@ async def test_an_inbox_drained_and_refilled_still_answers_in_order() -> None:
         inbox.put(task)  # past the limit of 2: one RESYNC replaces what was queued
     assert await inbox.get() is RESYNC
     assert await inbox.get(timeout=0.01) is RESYNC
+
+
+# --- Timeouts: one loop timer for every waiting inbox ------------------------------------------
+
+
+@pytest.fixture
+def fine_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timeouts to the hundredth of a second, and served from a tenth of a second on."""
+    monkeypatch.setattr(events, "TIMEOUT_RESOLUTION_SECONDS", 0.01)
+    monkeypatch.setattr(events, "COARSE_TIMEOUT_SECONDS", 0.1)
+
+
+async def test_timeouts_wake_each_waiter_once_its_delay_passed(fine_timeouts: None) -> None:
+    loop = asyncio.get_running_loop()
+    timeouts = Timeouts()
+    started = loop.time()
+    waiters: list[asyncio.Future[None]] = [loop.create_future() for _ in range(3)]
+    for waiter, delay in zip(waiters, (0.15, 0.05, 0.1), strict=True):
+        timeouts.add(waiter, delay)
+    assert len(timeouts) == 3
+    woken: list[float] = []
+    for waiter in (waiters[1], waiters[2], waiters[0]):
+        await asyncio.wait_for(waiter, WAIT)
+        woken.append(loop.time() - started)
+    # In the order they were due, never early.
+    assert woken == sorted(woken)
+    # (Up to a millisecond early: a loop timer may fire that much before its time.)
+    for took, delay in zip(woken, (0.05, 0.1, 0.15), strict=True):
+        assert took >= delay - 0.002
+    assert len(timeouts) == 0
+
+
+async def test_a_discarded_waiter_is_not_woken(fine_timeouts: None) -> None:
+    loop = asyncio.get_running_loop()
+    timeouts = Timeouts()
+    kept, dropped = loop.create_future(), loop.create_future()
+    timeouts.add(kept, 0.05)
+    key = timeouts.add(dropped, 0.05)
+    assert key is not None
+    timeouts.discard(key, dropped)
+    await asyncio.wait_for(kept, WAIT)
+    await asyncio.sleep(0.05)
+    assert not dropped.done()
+    assert len(timeouts) == 0
+
+
+async def test_a_bus_inbox_waits_on_the_shared_timeouts(fine_timeouts: None) -> None:
+    bus = MemoryEventBus()
+    now = datetime.now(UTC)
+    task = Task(uuid4(), TaskStatus.PENDING, "x", None, None, 0, 1, now, now)
+    async with bus.subscribe(task.id) as subscription:
+        # A long timeout: no timer of its own, an entry in the bus's Timeouts.
+        getting = asyncio.create_task(subscription.get(timeout=60))
+        await settle()
+        assert len(bus.timeouts) == 1
+        await bus.publish(task)
+        assert await asyncio.wait_for(getting, WAIT) is task
+        assert len(bus.timeouts) == 0
+        # Once due, the timeout answers RESYNC, as a timer of its own would.
+        assert await asyncio.wait_for(subscription.get(timeout=0.2), WAIT) is RESYNC
+        # A short one still has a timer of its own.
+        assert await asyncio.wait_for(subscription.get(timeout=0.01), WAIT) is RESYNC
+        assert len(bus.timeouts) == 0
+
+
+# --- taskUpdated: one generator per subscription -----------------------------------------------
+
+
+async def test_a_bad_task_id_fails_the_stream_not_the_subscribe() -> None:
+    # As when the resolver was a generator: the error is a result of the stream (a `next`
+    # with errors over graphql-transport-ws), not a pre-execution error (an `error` message).
+    context = Context(cast("Any", None), auth=Authenticator(auth_settings()), principal=TESTER)
+    stream = await build_schema().subscribe(
+        'subscription { taskUpdated(id: "not-a-uuid") { id } }', context_value=context
+    )
+    assert not isinstance(stream, ExecutionResult)
+    results = [result async for result in stream]
+    assert len(results) == 1
+    assert type(results[0]) is ExecutionResult
+    assert results[0].errors is not None
+    assert results[0].errors[0].extensions == {"code": "BAD_USER_INPUT"}
+
+
+async def test_an_alarm_waits_in_shared_timeouts_when_given(fine_timeouts: None) -> None:
+    fired = asyncio.Event()
+
+    async def action() -> None:
+        fired.set()
+
+    timeouts = Timeouts()
+    alarm = Alarm()
+    alarm.set(0.2, action, name="test", timeouts=timeouts)
+    assert alarm.pending
+    assert len(timeouts) == 1
+    alarm.disarm()
+    assert not alarm.pending
+    assert len(timeouts) == 0
+    again = Alarm()
+    again.set(0.2, action, name="test", timeouts=timeouts)
+    await asyncio.wait_for(fired.wait(), WAIT)
+    assert len(timeouts) == 0
+    await again.cancel()
+
+
+@pytest.mark.parametrize("dialect", BOTH)
+async def test_a_deadline_in_the_views_timeouts_closes_4403(
+    dialect: Dialect, fine_timeouts: None
+) -> None:
+    timeouts = Timeouts()
+    async with (
+        recording_graphql(expires_in=0.4, timeouts=timeouts) as (url, recorded),
+        connect(url, subprotocols=[Subprotocol(dialect.protocol)]) as ws,
+    ):
+        await initialise(ws)
+        (handler,) = recorded.handlers
+        assert handler.deadline.pending
+        assert len(timeouts) == 1  # no loop timer of its own
+        code, reason, _ = await closing(ws)
+        assert (code, reason) == (4403, "Token expired")
+        assert len(timeouts) == 0
