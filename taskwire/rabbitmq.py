@@ -14,9 +14,11 @@ broker failed in between. Measured on 3.10: a consumer gets it 5-20 ms after its
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
 
@@ -27,6 +29,8 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aiormq import spec
 from yarl import URL
 
+from taskwire.amqp_batch import Confirmation, Message, publish_batch
+from taskwire.batching import Batcher
 from taskwire.errors import ServiceUnavailable
 from taskwire.ports import Delivery, QueueCounts
 from taskwire.queue import (
@@ -89,6 +93,12 @@ def connection_url(url: str) -> URL:
     return parsed.update_query(missing)
 
 
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    message: Message
+    deadline: float  # the caller's, on the loop's clock
+
+
 class RabbitTaskQueue:
     """One robust connection per process: a confirming publish channel that also holds the
     topology (re-declared after a reconnect) and one channel per consume() context."""
@@ -108,6 +118,9 @@ class RabbitTaskQueue:
         self._connection: aio_pika.RobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
         self._buffers: set[asyncio.Queue[AbstractIncomingMessage | None]] = set()
+        self._sequence = itertools.count()
+        # Publishes that arrive while the previous batch is being queued leave together.
+        self._batcher: Batcher[_Outgoing, Confirmation | None] = Batcher(self._send)
 
     async def start(self) -> None:
         """Connect and declare the topology; ServiceUnavailable if the broker cannot be reached."""
@@ -177,32 +190,51 @@ class RabbitTaskQueue:
             delivery_mode=PERSISTENT,
             expiration=str(delay_ms) if delay_ms else None,
             # The trace context; a delay queue's dead-lettering keeps them (and adds x-death).
+            # Copied: the frame is encoded on a later turn of the loop.
             headers=dict(headers) if headers else None,
+            # A return finds its message by this id, so it must be unique among the
+            # unconfirmed ones (one task may be published twice at once); set here, it also
+            # spares aiormq's random UUID.
+            message_id=f"{task_id.hex}.{next(self._sequence)}",
         )
+        if self._publisher is None:
+            raise ServiceUnavailable("the task queue is closed")
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        message = Message(routing_key, encode_task_id(task_id), properties)
+        try:
+            async with asyncio.timeout_at(deadline):
+                # Concurrent publishes leave together, as one frame and one socket write;
+                # each still waits for its own confirm. mandatory: with the queue gone the
+                # broker returns the message, which fails its confirmation with PublishError.
+                confirmation = await self._batcher.submit(_Outgoing(message, deadline))
+                if confirmation is None:
+                    raise TimeoutError("the publish was not sent before its deadline")
+                await confirmation
+        except (*CONNECTION_EXCEPTIONS, TimeoutError, ServiceUnavailable) as exc:
+            # Broker error texts can name hosts; the caller only needs to know it failed.
+            log.warning("publish of task %s failed: %r", task_id, exc)
+            if isinstance(exc, ServiceUnavailable):
+                raise
+            raise ServiceUnavailable from exc
+
+    async def _send(self, batch: Sequence[_Outgoing]) -> list[Confirmation | None]:
+        """Publish a batch on the publisher channel: each message's confirmation future, or
+        None for one whose caller's deadline passed before it could be sent."""
         channel = self._publisher
         if channel is None:
             raise ServiceUnavailable("the task queue is closed")
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout):
                 await channel.ready()  # waits out a reconnect, within the same bound
                 underlay = cast("aiormq.Channel", await channel.get_underlay_channel())
-                # aiormq's own publish, as aio-pika's Exchange.publish calls it, but with
-                # wait=False: the channel's lock is released once the frames are queued, not
-                # once the socket has drained them, so concurrent publishes share the writer's
-                # turns instead of taking one each. The broker's confirm is still awaited.
-                # mandatory: with the queue gone the broker returns the message, and the
-                # channel's on_return_raises turns that into PublishError, not a silent drop.
-                await underlay.basic_publish(
-                    encode_task_id(task_id),
-                    routing_key=routing_key,
-                    properties=properties,
-                    mandatory=True,
-                    wait=False,
-                )
+                # After a wait for a reconnect, callers that gave up are not published.
+                now = loop.time()
+                live = [outgoing.message for outgoing in batch if outgoing.deadline > now]
+                sent = iter(await publish_batch(underlay, live))
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
-            # Broker error texts can name hosts; the caller only needs to know it failed.
-            log.warning("publish of task %s failed: %r", task_id, exc)
-            raise ServiceUnavailable from exc
+            raise ServiceUnavailable(f"publish failed: {type(exc).__name__}") from exc
+        return [next(sent) if outgoing.deadline > now else None for outgoing in batch]
 
     @asynccontextmanager
     async def consume(self, *, prefetch: int) -> AsyncIterator[AsyncIterator[Delivery]]:

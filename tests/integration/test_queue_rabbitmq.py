@@ -10,7 +10,8 @@ import asyncio
 import itertools
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -19,6 +20,8 @@ import pytest
 from aio_pika.exceptions import ChannelPreconditionFailed
 from yarl import URL
 
+import taskwire.rabbitmq
+from taskwire.amqp_batch import Confirmation, Message, publish_batch
 from taskwire.errors import ServiceUnavailable
 from taskwire.ports import Delivery, TaskQueue
 from taskwire.queue import (
@@ -76,6 +79,13 @@ class Proxy:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def drop(self) -> None:
+        """Cut every open connection at once, without a turn of the loop: nothing written after
+        this reaches the broker. New connections are still accepted."""
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection(self._host, self._port)
         self._writers |= {writer, upstream_writer}
@@ -118,6 +128,20 @@ async def proxy(rabbitmq_url: str) -> AsyncIterator[Proxy]:
         yield relay
     finally:
         await relay.stop()
+
+
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[list[Message]]:
+    """Every batch the publisher channel is given, as it is given."""
+    seen: list[list[Message]] = []
+    real = publish_batch
+
+    async def spy(channel: Any, messages: Sequence[Message]) -> list[Confirmation]:
+        seen.append(list(messages))
+        return await real(channel, messages)
+
+    monkeypatch.setattr(taskwire.rabbitmq, "publish_batch", spy)
+    return seen
 
 
 def rabbit(queue: TaskQueue) -> RabbitTaskQueue:
@@ -495,6 +519,129 @@ async def test_a_reconnect_declares_the_delay_queues_again(
             delivery = await next_delivery(deliveries)
             assert decode_task_id(delivery.body) == task_id
             await delivery.ack()
+
+
+async def test_concurrent_publishes_share_frames_and_each_arrives_once_as_it_was_sent(
+    rabbitmq_url: str,
+    name: str,
+    admin: aio_pika.abc.AbstractConnection,
+    batches: list[list[Message]],
+) -> None:
+    now, later = [uuid4() for _ in range(400)], [uuid4() for _ in range(40)]
+    bucket = delay_queue_name(name, delay_bucket_ms(30_000))
+    async with open_queue(rabbitmq_url, name=name) as queue:
+        # Interleaved, all at once: immediate and delayed messages share batches.
+        await asyncio.gather(
+            *(queue.publish(task_id, headers={"x-request-id": task_id.hex}) for task_id in now),
+            *(
+                queue.publish(task_id, delay_seconds=30, headers={"x-request-id": task_id.hex})
+                for task_id in later
+            ),
+        )
+        # Every publish confirmed, in a few frames rather than one each.
+        assert sum(len(batch) for batch in batches) == len(now) + len(later)
+        assert len(batches) <= 3
+        assert any({m.routing_key for m in batch} == {name, bucket} for batch in batches)
+        assert await rabbit(queue).depth() == (len(now), 0)
+        assert await rabbit(queue).delayed() == len(later)
+
+        # Each message kept its own properties.
+        channel = await admin.channel()
+        for queue_name, expiration in ((name, None), (bucket, 30.0)):
+            raw = await (await channel.declare_queue(queue_name, passive=True)).get(timeout=WAIT)
+            assert raw.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+            assert raw.content_type == CONTENT_TYPE
+            assert raw.expiration == expiration  # aio-pika gives the TTL in seconds
+            assert raw.headers["x-request-id"] == decode_task_id(raw.body).hex
+            assert raw.message_id is not None
+            assert raw.message_id.startswith(decode_task_id(raw.body).hex)
+            await raw.nack(requeue=True)
+        await channel.close()
+
+        received: Counter[UUID] = Counter()
+        async with queue.consume(prefetch=100) as deliveries:
+            for _ in now:
+                delivery = await next_delivery(deliveries)
+                task_id = decode_task_id(delivery.body)
+                assert delivery.headers["x-request-id"] == task_id.hex
+                received[task_id] += 1
+                await delivery.ack()
+        assert received == Counter(now)
+        assert await rabbit(queue).depth() == (0, 0)
+
+
+async def test_a_return_fails_exactly_the_publishes_it_returned(
+    rabbitmq_url: str,
+    name: str,
+    admin: aio_pika.abc.AbstractConnection,
+    batches: list[list[Message]],
+) -> None:
+    routed = [uuid4() for _ in range(200)]
+    unroutable = [uuid4() for _ in range(20)]
+    async with open_queue(rabbitmq_url, name=name) as queue:
+        channel = await admin.channel()
+        await channel.queue_delete(delay_queue_name(name, delay_bucket_ms(30_000)))
+        await channel.close()
+
+        def publish(task_id: UUID) -> Any:
+            if task_id in unroutable:
+                return queue.publish(task_id, delay_seconds=30)
+            return queue.publish(task_id)
+
+        mixed = [*routed[:100], *unroutable, *routed[100:]]
+        results = await asyncio.gather(*map(publish, mixed), return_exceptions=True)
+        # One frame carried all of them; the broker returned only the unroutable ones.
+        assert [len(batch) for batch in batches] == [len(mixed)]
+        failed = {task_id for task_id, result in zip(mixed, results, strict=True) if result}
+        assert failed == set(unroutable)
+        assert all(isinstance(result, ServiceUnavailable) for result in results if result)
+        assert await rabbit(queue).depth() == (len(routed), 0)
+        # The returns left the channel open and its bookkeeping clean.
+        await queue.publish(uuid4())
+        assert await rabbit(queue).depth() == (len(routed) + 1, 0)
+
+
+async def test_a_connection_lost_mid_batch_fails_its_unconfirmed_callers_in_bounded_time(
+    rabbitmq_url: str,
+    name: str,
+    admin: aio_pika.abc.AbstractConnection,
+    proxy: Proxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = publish_batch
+    first: list[Message] = []
+
+    async def queue_then_drop(channel: Any, messages: Sequence[Message]) -> list[Confirmation]:
+        confirmations = await real(channel, messages)
+        if not first:
+            # Queued for the writer but not written yet: the broker never sees this batch.
+            first.extend(messages)
+            proxy.drop()
+        return confirmations
+
+    monkeypatch.setattr(taskwire.rabbitmq, "publish_batch", queue_then_drop)
+    timeout = 2.0
+    queue = RabbitTaskQueue(via(proxy, rabbitmq_url), name=name, timeout=timeout)
+    await queue.start()
+    try:
+        ids = [uuid4() for _ in range(300)]
+        started = time.monotonic()
+        results = await asyncio.gather(*map(queue.publish, ids), return_exceptions=True)
+        elapsed = time.monotonic() - started
+    finally:
+        await queue.close()
+
+    assert elapsed < timeout + 1
+    assert all(result is None or isinstance(result, ServiceUnavailable) for result in results)
+    outcome = dict(zip(ids, results, strict=True))
+    lost = {UUID(hex=str(message.properties.message_id).split(".")[0]) for message in first}
+    assert len(lost) == len(first) > 1
+    assert all(isinstance(outcome[task_id], ServiceUnavailable) for task_id in lost)
+    # Every confirmed publish is at the broker (some after the client reconnected).
+    confirmed = sum(result is None for result in results)
+    stored = (await declared(admin, name)).declaration_result.message_count
+    assert stored is not None
+    assert stored >= confirmed
 
 
 def test_connection_url_adds_defaults_without_overriding() -> None:
