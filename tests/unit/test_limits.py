@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 import strawberry
-from graphql import GraphQLError, get_introspection_query
-from strawberry.types import ExecutionContext, ExecutionResult
+from graphql import get_introspection_query
+from strawberry.types import ExecutionResult
 
-from graphql_api.errors import classify
 from graphql_api.limits import INTROSPECTION_MAX_DEPTH, hide_suggestions
-from graphql_api.operations import operation_extension
 from taskwire.settings import Settings
+from tests.support.schemas import wired_schema
 
 
 @strawberry.type
@@ -54,19 +53,9 @@ class Subscription:
         yield Task(id=id, status="DONE")
 
 
-class ClassifyingSchema(strawberry.Schema):
-    def process_errors(
-        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
-    ) -> None:
-        classify(errors)
-
-
 def make_schema(**overrides: Any) -> strawberry.Schema:
-    return ClassifyingSchema(
-        query=Query,
-        mutation=Mutation,
-        subscription=Subscription,
-        extensions=[operation_extension(Settings(**overrides))],
+    return wired_schema(
+        query=Query, mutation=Mutation, subscription=Subscription, settings=Settings(**overrides)
     )
 
 

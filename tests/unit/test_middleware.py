@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 import strawberry
-from graphql import GraphQLError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,9 +19,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.types import ExecutionContext
 
-from graphql_api.errors import classify
 from graphql_api.middleware import (
     BodyLimit,
     RequestId,
@@ -30,8 +27,7 @@ from graphql_api.middleware import (
     cors,
     current_request_id,
 )
-from graphql_api.operations import operation_extension
-from taskwire.settings import Settings
+from tests.support.schemas import wired_schema
 
 UUID_HEX = re.compile(r"[0-9a-f]{32}")
 ALLOWED = ("https://app.example.com", "http://localhost:5173")
@@ -187,24 +183,15 @@ class Query:
     boom: str = strawberry.field(resolver=explode)
 
 
-class ClassifyingSchema(strawberry.Schema):
-    def process_errors(
-        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
-    ) -> None:
-        classify(errors)
-
-
 def masking_schema() -> strawberry.Schema:
-    return ClassifyingSchema(query=Query, extensions=[operation_extension(Settings())])
+    return wired_schema(query=Query)
 
 
 GRAPHQL_APP = Starlette(
     routes=[
         Route(
             "/graphql",
-            GraphQL[None, None](
-                ClassifyingSchema(query=Query, extensions=[operation_extension(Settings())])
-            ),
+            GraphQL[None, None](wired_schema(query=Query)),
             methods=["POST"],
         )
     ]
@@ -237,9 +224,7 @@ async def test_a_masked_error_outside_a_request_still_matches_its_log_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, logger="graphql_api.errors")
-    result = await ClassifyingSchema(
-        query=Query, extensions=[operation_extension(Settings())]
-    ).execute("{ boom }")
+    result = await wired_schema(query=Query).execute("{ boom }")
     assert result.errors is not None
     request_id = (result.errors[0].extensions or {})["requestId"]
     assert UUID_HEX.fullmatch(request_id)

@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 import strawberry
 import strawberry.schema.schema as strawberry_schema
-from graphql import DocumentNode, GraphQLError
-from strawberry.types import ExecutionContext, ExecutionResult
+from graphql import DocumentNode
+from strawberry.types import ExecutionResult
 
 import graphql_api.operations
-from graphql_api.errors import classify
-from graphql_api.operations import DocumentCache, OperationGuard, operation_extension
-from taskwire.settings import Settings
+from graphql_api.operations import DocumentCache, OperationGuard
+from tests.support.schemas import wired_schema
 
 
 @strawberry.type
@@ -38,19 +37,8 @@ class Subscription:
         yield Task(id=id, status="DONE")
 
 
-class ClassifyingSchema(strawberry.Schema):
-    def process_errors(
-        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
-    ) -> None:
-        classify(errors)
-
-
 def make_schema(documents: DocumentCache) -> strawberry.Schema:
-    return ClassifyingSchema(
-        query=Query,
-        subscription=Subscription,
-        extensions=[operation_extension(Settings(), documents)],
-    )
+    return wired_schema(query=Query, subscription=Subscription, documents=documents)
 
 
 READ = "query Read($id: ID!) { task(id: $id) { id status } }"
