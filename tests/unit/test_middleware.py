@@ -183,10 +183,6 @@ class Query:
     boom: str = strawberry.field(resolver=explode)
 
 
-def masking_schema() -> strawberry.Schema:
-    return wired_schema(query=Query)
-
-
 GRAPHQL_APP = Starlette(
     routes=[
         Route(
