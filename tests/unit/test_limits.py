@@ -14,43 +14,7 @@ from strawberry.types import ExecutionResult
 
 from graphql_api.limits import INTROSPECTION_MAX_DEPTH, hide_suggestions
 from taskwire.settings import Settings
-from tests.support.schemas import wired_schema
-
-
-@strawberry.type
-class Task:
-    id: strawberry.ID
-    status: str
-
-    @strawberry.field
-    def parent(self) -> Task:
-        return Task(id=strawberry.ID("parent"), status="DONE")
-
-
-@strawberry.input
-class TaskInput:
-    input_data: str
-
-
-@strawberry.type
-class Query:
-    @strawberry.field
-    def task(self, id: strawberry.ID) -> Task:
-        return Task(id=id, status="DONE")
-
-
-@strawberry.type
-class Mutation:
-    @strawberry.mutation
-    def create_task(self, input: TaskInput) -> Task:
-        return Task(id=strawberry.ID("new"), status="PENDING")
-
-
-@strawberry.type
-class Subscription:
-    @strawberry.subscription
-    async def task_updated(self, id: strawberry.ID) -> AsyncGenerator[Task, None]:
-        yield Task(id=id, status="DONE")
+from tests.support.schemas import Mutation, Query, Subscription, wired_schema
 
 
 def make_schema(**overrides: Any) -> strawberry.Schema:

@@ -14,27 +14,7 @@ from strawberry.types import ExecutionResult
 
 import graphql_api.operations
 from graphql_api.operations import DocumentCache, OperationGuard
-from tests.support.schemas import wired_schema
-
-
-@strawberry.type
-class Task:
-    id: strawberry.ID
-    status: str
-
-
-@strawberry.type
-class Query:
-    @strawberry.field
-    def task(self, id: strawberry.ID) -> Task:
-        return Task(id=id, status="DONE")
-
-
-@strawberry.type
-class Subscription:
-    @strawberry.subscription
-    async def task_updated(self, id: strawberry.ID) -> AsyncGenerator[Task, None]:
-        yield Task(id=id, status="DONE")
+from tests.support.schemas import Query, Subscription, wired_schema
 
 
 def make_schema(documents: DocumentCache) -> strawberry.Schema:
